@@ -1,0 +1,1 @@
+"""The JSON API under ``/api/v1`` (RFC 7807 errors)."""

@@ -1,0 +1,125 @@
+"""``/api/v1``: login, logout, the current user and the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from anyio import to_thread
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from app import problems, sessions
+from app.api.schemas import LoginRequest, parse
+from app.login import Attempt, log_in
+from app.models import User
+from app.oauth import bearer
+from app.passwords import HashingOverloaded
+from app.services import Services
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def services_of(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+async def login(request: Request) -> Response:
+    services = services_of(request)
+    body = parse(LoginRequest, await request.body())
+    attempt = Attempt(
+        username=body.username,
+        password=body.password,
+        redirection_token=body.redirection_token,
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
+    try:
+        result = await log_in(services, attempt)
+    except HashingOverloaded:
+        raise problems.overloaded(retry_after=1) from None
+    payload = {} if result.redir_to is None else {"redir_to": result.redir_to}
+    response = JSONResponse(payload, headers=NO_STORE)
+    response.set_cookie(
+        sessions.COOKIE_NAME,
+        result.session_secret,
+        max_age=int(services.settings.session_duration.total_seconds()),
+        path="/",
+        secure=services.settings.secure_cookies,
+        httponly=True,
+        samesite="lax",
+    )
+    return response
+
+
+async def logout(request: Request) -> Response:
+    services = services_of(request)
+    secret = request.cookies.get(sessions.COOKIE_NAME)
+    if secret:
+
+        def revoke() -> None:
+            with services.database.transaction() as db:
+                sessions.revoke(db=db, secret=secret, now=services.clock())
+
+        await to_thread.run_sync(revoke)
+    response = Response(status_code=204, headers=NO_STORE)
+    response.delete_cookie(
+        sessions.COOKIE_NAME,
+        path="/",
+        secure=services.settings.secure_cookies,
+        httponly=True,
+        samesite="lax",
+    )
+    return response
+
+
+async def me(request: Request) -> Response:
+    services = services_of(request)
+    access_token = bearer.token_from_header(request.headers.get("authorization"))
+    session_secret = request.cookies.get(sessions.COOKIE_NAME)
+
+    def lookup() -> dict[str, Any] | None:
+        now = services.clock()
+        with services.database.transaction() as db:
+            if access_token is not None:
+                grant = bearer.authenticate(db=db, token=access_token, now=now)
+                if grant is None:
+                    return None
+                return _user_document(grant.user, via="access_token", scope=grant.scope)
+            user = sessions.current_user(db=db, secret=session_secret, now=now)
+            return None if user is None else _user_document(user, via="session")
+
+    document = await to_thread.run_sync(lookup)
+    if document is None:
+        raise problems.unauthorised("Sign in, or send a valid bearer access token.")
+    return JSONResponse(document, headers=NO_STORE)
+
+
+def _user_document(user: User, *, via: str, scope: str | None = None) -> dict[str, Any]:
+    document: dict[str, Any] = {"username": user.username, "authenticated_by": via}
+    if scope is not None:
+        document["scope"] = scope
+    return document
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    text = resources.files("app.api").joinpath("openapi.json").read_text("utf-8")
+    document: dict[str, Any] = json.loads(text)
+    return document
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document())
+
+
+routes = [
+    Route("/api/v1/login", login, methods=["POST"]),
+    Route("/api/v1/logout", logout, methods=["POST"]),
+    Route("/api/v1/users/me", me, methods=["GET"]),
+    Route("/api/v1/openapi.json", openapi, methods=["GET"]),
+]

@@ -1,0 +1,118 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from app import clients, pages
+from app.api import routes as api_routes
+from app.db import Database, utcnow
+from app.middleware import RequestIdMiddleware
+from app.oauth import routes as oauth_routes
+from app.oauth.server import BatonAuthorizationServer
+from app.passwords import HashingPool
+from app.problems import PROBLEM_CONTENT_TYPE, Problem
+from app.services import Services
+from app.settings import Settings
+
+log = logging.getLogger("baton")
+
+
+def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        database = Database(settings.database_url)
+        hashing = HashingPool(settings.hash_workers, settings.hash_wait)
+        oauth = BatonAuthorizationServer(settings=settings, database=database, clock=clock)
+        app.state.services = Services(settings, database, hashing, oauth, clock)
+        if settings.demo:
+            ensure_demo_client(database, settings, clock())
+        try:
+            yield
+        finally:
+            hashing.shutdown()
+            database.dispose()
+
+    return Starlette(
+        routes=[*api_routes.routes, *oauth_routes.routes, *pages.routes(demo=settings.demo)],
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers={
+            Problem: _problem_response,
+            HTTPException: _http_error,
+            Exception: _server_error,
+        },
+        lifespan=lifespan,
+    )
+
+
+def create_app_from_env() -> Starlette:
+    """The uvicorn factory: ``uvicorn --factory app.main:create_app_from_env``."""
+    return create_app(Settings.from_env())
+
+
+def ensure_demo_client(database: Database, settings: Settings, now: datetime) -> None:
+    """Register (or re-point) the demo's public client at this server's URL."""
+    redirect_uri = pages.demo_redirect_uri(settings.public_url)
+    with database.transaction() as db:
+        existing = clients.get(db=db, client_id=pages.DEMO_CLIENT_ID)
+        if existing is None:
+            clients.register(
+                db=db,
+                name="Baton demo",
+                redirect_uris=[redirect_uri],
+                public=True,
+                first_party=True,
+                scope=pages.DEMO_SCOPE,
+                now=now,
+                provenance="demo",
+                client_id=pages.DEMO_CLIENT_ID,
+            )
+        elif existing.redirect_uris != [redirect_uri]:
+            existing.redirect_uris = [redirect_uri]
+
+
+def _request_id(request: Request) -> str | None:
+    value = request.scope.get("state", {}).get("request_id")
+    return value if isinstance(value, str) else None
+
+
+def problem_response(request: Request, problem: Problem) -> Response:
+    request_id = _request_id(request)
+    return JSONResponse(
+        problem.body(request_id),
+        status_code=problem.status,
+        headers={"Cache-Control": "no-store", **problem.headers},
+        media_type=PROBLEM_CONTENT_TYPE,
+    )
+
+
+async def _problem_response(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)
+    return problem_response(request, exc)
+
+
+_HTTP_TYPES = {404: "not_found", 401: "unauthorised", 403: "forbidden"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if request.url.path.startswith("/api/"):
+        kind = _HTTP_TYPES.get(exc.status_code, "unspecified")
+        return problem_response(request, Problem(exc.status_code, kind, str(exc.detail)))
+    return PlainTextResponse(str(exc.detail), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", extra={"request_id": _request_id(request)})
+    return problem_response(
+        request, Problem(500, "internal_server_error", "Something went wrong on our side.")
+    )

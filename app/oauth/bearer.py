@@ -1,0 +1,47 @@
+"""Bearer access tokens (RFC 6750): opaque, looked up by their hash."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app import tokens
+from app.models import Token, User
+
+
+@dataclass(frozen=True, slots=True)
+class BearerGrant:
+    user: User
+    scope: str
+    client_pk: int
+
+
+def token_from_header(value: str | None) -> str | None:
+    """RFC 6750 §2.1: ``Authorization: Bearer <token>`` (scheme case-insensitive)."""
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > 512:
+        return None
+    return token
+
+
+def authenticate(*, db: Session, token: str, now: datetime) -> BearerGrant | None:
+    row = db.execute(
+        select(Token, User)
+        .join(User, Token.user_id == User.id)
+        .where(
+            Token.access_token_hash == tokens.digest(token),
+            Token.revoked_at.is_(None),
+            Token.expires_at > now,
+            User.disabled.is_(False),
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    token_row, user = row
+    return BearerGrant(user=user, scope=token_row.scope, client_pk=token_row.client_pk)

@@ -1,0 +1,71 @@
+"""Browser sessions: the ``session_id`` cookie, stored server-side only as a hash."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app import tokens
+from app.models import BrowserSession, User
+
+COOKIE_NAME = "session_id"
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    secret: str  # goes into the cookie, never into the database
+    row: BrowserSession
+
+
+def create(
+    *,
+    db: Session,
+    user_id: int,
+    now: datetime,
+    duration: timedelta,
+    flow_id: int | None = None,
+    ip: str | None = None,
+    user_agent: str | None = None,
+) -> NewSession:
+    # Always a fresh id: whatever the browser sent is never reused (session fixation).
+    secret = tokens.new_secret()
+    row = BrowserSession(
+        id_hash=tokens.digest(secret),
+        user_id=user_id,
+        flow_id=flow_id,
+        created_at=now,
+        expires_at=now + duration,
+        ip=ip,
+        user_agent=user_agent[:512] if user_agent else None,
+    )
+    db.add(row)
+    db.flush()
+    return NewSession(secret=secret, row=row)
+
+
+def current_user(*, db: Session, secret: str | None, now: datetime) -> User | None:
+    """The enabled user behind a live session cookie, if any."""
+    if not secret:
+        return None
+    row = db.scalar(
+        select(BrowserSession).where(
+            BrowserSession.id_hash == tokens.digest(secret),
+            BrowserSession.revoked_at.is_(None),
+            BrowserSession.expires_at > now,
+        )
+    )
+    if row is None or row.user.disabled:
+        return None
+    return row.user
+
+
+def revoke(*, db: Session, secret: str, now: datetime) -> bool:
+    result = db.execute(
+        update(BrowserSession)
+        .where(BrowserSession.id_hash == tokens.digest(secret), BrowserSession.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    return bool(getattr(result, "rowcount", 0))

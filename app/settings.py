@@ -1,0 +1,177 @@
+"""Settings, read once from ``BATON_*`` environment variables.
+
+Every value is parsed and checked here, so a bad setting stops start-up with a
+message that names the variable instead of failing later on a request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from ipaddress import ip_address
+from urllib.parse import urlsplit
+
+DEFAULT_DATABASE_URL = "sqlite:///./var/baton.db"
+
+_DURATION = re.compile(r"(?P<value>\d+)(?P<unit>ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class SettingsError(ValueError):
+    """A setting has a value Baton cannot use; the message names the variable."""
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``90s``, ``10m``, ``24h``, ``1h30m`` or ``7d`` into a timedelta."""
+    text = text.strip().lower()
+    position, seconds = 0, 0.0
+    for match in _DURATION.finditer(text):
+        if match.start() != position:
+            break
+        seconds += int(match["value"]) * _UNITS[match["unit"]]
+        position = match.end()
+    if not text or position != len(text):
+        raise ValueError(f"expected a duration such as 90s, 10m, 24h or 1h30m, got {text!r}")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept a plain ``postgresql://`` URL and use psycopg 3 for it."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _database_url(text: str) -> str:
+    url = normalise_database_url(text.strip())
+    if not url.startswith(("sqlite://", "postgresql+psycopg://")):
+        raise ValueError(f"expected a sqlite:/// or postgresql:// URL, got {text!r}")
+    return url
+
+
+def _public_url(text: str) -> str:
+    url = text.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError(f"expected an absolute http(s) URL, got {text!r}")
+    if parts.query or parts.fragment:
+        raise ValueError("must not contain a query or a fragment")
+    # OAuth 2.1 §1.5: TLS everywhere, except loopback during development.
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError("must use https unless the host is loopback (localhost, 127.0.0.1)")
+    return url
+
+
+def _login_url(text: str) -> str:
+    url = text.strip()
+    parts = urlsplit(url)
+    if parts.scheme:
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError(f"expected a path such as /login or an http(s) URL, got {text!r}")
+    elif not url.startswith("/") or url.startswith("//"):
+        raise ValueError(f"expected a path such as /login or an http(s) URL, got {text!r}")
+    if parts.fragment:
+        raise ValueError("must not contain a fragment")
+    return url
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_duration(text: str) -> timedelta:
+    value = parse_duration(text)
+    if value <= timedelta(0):
+        raise ValueError(f"expected a duration above zero, got {text!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    public_url: str = "http://127.0.0.1:8000"
+    secure_cookies: bool = True
+    session_duration: timedelta = timedelta(hours=24)
+    flow_ttl: timedelta = timedelta(minutes=10)
+    login_url: str = "/login"
+    code_ttl: timedelta = timedelta(minutes=1)
+    access_token_ttl: timedelta = timedelta(hours=1)
+    hash_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    hash_wait: timedelta = timedelta(seconds=10)
+    demo: bool = False
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name, parse in _PARSERS.items():
+            variable = "BATON_" + name.upper()
+            raw = env.get(variable)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[name] = parse(raw)
+            except ValueError as error:
+                raise SettingsError(f"{variable}: {error}") from None
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().lower()
+    if level not in {"critical", "error", "warning", "info", "debug"}:
+        raise ValueError(f"expected one of critical, error, warning, info, debug, got {text!r}")
+    return level
+
+
+_PARSERS = {
+    "database_url": _database_url,
+    "public_url": _public_url,
+    "secure_cookies": _parse_bool,
+    "session_duration": _positive_duration,
+    "flow_ttl": _positive_duration,
+    "login_url": _login_url,
+    "code_ttl": _positive_duration,
+    "access_token_ttl": _positive_duration,
+    "hash_workers": _positive_int,
+    "hash_wait": _positive_duration,
+    "demo": _parse_bool,
+    "log_level": _log_level,
+}

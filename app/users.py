@@ -1,0 +1,81 @@
+"""Users: the people who sign in."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.models import User
+
+
+class UserExists(Exception):
+    pass
+
+
+class UnknownUser(Exception):
+    pass
+
+
+def get_by_username(*, db: Session, username: str) -> User | None:
+    return db.scalar(select(User).where(User.username == username))
+
+
+def get(*, db: Session, user_id: int) -> User | None:
+    return db.get(User, user_id)
+
+
+def create(*, db: Session, username: str, password_hash: str, now: datetime) -> User:
+    user = User(
+        username=username,
+        password_hash=password_hash,
+        disabled=False,
+        created_at=now,
+        password_changed_at=now,
+    )
+    db.add(user)
+    try:
+        with db.begin_nested():
+            db.flush()
+    except IntegrityError:
+        raise UserExists(username) from None
+    return user
+
+
+def list_all(*, db: Session) -> list[User]:
+    return list(db.scalars(select(User).order_by(User.username)))
+
+
+def any_exist(*, db: Session) -> bool:
+    return db.scalar(select(User.id).limit(1)) is not None
+
+
+def _require(db: Session, username: str) -> User:
+    user = get_by_username(db=db, username=username)
+    if user is None:
+        raise UnknownUser(username)
+    return user
+
+
+def set_password(*, db: Session, username: str, password_hash: str, now: datetime) -> User:
+    user = _require(db, username)
+    user.password_hash = password_hash
+    user.password_changed_at = now
+    return user
+
+
+def upgrade_hash(*, db: Session, user_id: int, old_hash: str, new_hash: str) -> None:
+    """Replace a legacy hash, unless the password changed meanwhile."""
+    db.execute(
+        update(User)
+        .where(User.id == user_id, User.password_hash == old_hash)
+        .values(password_hash=new_hash)
+    )
+
+
+def set_disabled(*, db: Session, username: str, disabled: bool) -> User:
+    user = _require(db, username)
+    user.disabled = disabled
+    return user
