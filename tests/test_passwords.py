@@ -1,0 +1,114 @@
+"""argon2id hashing, bcrypt compatibility and the bounded hashing pool."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import timedelta
+
+import bcrypt
+import pytest
+
+from app import passwords
+from app.passwords import HashingOverloaded, HashingPool, hash_password, verify_password
+
+
+def test_argon2id_round_trip() -> None:
+    stored = hash_password("s3cret")
+    assert stored.startswith("$argon2id$")
+    assert verify_password(stored, "s3cret").ok
+    assert not verify_password(stored, "S3cret").ok
+    assert not verify_password(stored, "s3cret").needs_rehash
+
+
+def test_bcrypt_is_accepted_and_marked_for_upgrade() -> None:
+    stored = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    good = verify_password(stored, "s3cret")
+    assert good.ok
+    assert good.needs_rehash
+    assert not verify_password(stored, "nope").ok
+
+
+def test_bcrypt_never_matches_beyond_72_bytes() -> None:
+    long_password = "x" * 72
+    stored = bcrypt.hashpw(long_password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    assert verify_password(stored, long_password).ok
+    assert not verify_password(stored, long_password + "tail").ok
+
+
+def test_garbage_hashes_never_match() -> None:
+    for stored in ["", "plain", "$argon2id$broken", "$2b$04$broken"]:
+        assert not verify_password(stored, "anything").ok
+
+
+def test_unknown_users_are_checked_against_a_dummy_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unknown-user path must pay for a real argon2 verification."""
+    calls: list[str] = []
+    real = passwords.verify_password
+
+    def spy(stored: str, password: str) -> passwords.Verification:
+        calls.append(stored)
+        return real(stored, password)
+
+    monkeypatch.setattr(passwords, "verify_password", spy)
+
+    async def scenario() -> passwords.Verification:
+        pool = HashingPool(1, timedelta(seconds=5))
+        try:
+            return await pool.verify(None, "whatever")
+        finally:
+            pool.shutdown()
+
+    result = asyncio.run(scenario())
+    assert not result.ok
+    assert len(calls) == 1
+    assert calls[0].startswith("$argon2id$")
+
+
+def test_the_pool_never_runs_more_hashes_than_its_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    running = 0
+    peak = 0
+    lock = threading.Lock()
+    real = passwords.verify_password
+
+    def counting(stored: str, password: str) -> passwords.Verification:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            return real(stored, password)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(passwords, "verify_password", counting)
+    stored = hash_password("pw")
+
+    async def scenario() -> None:
+        pool = HashingPool(2, timedelta(seconds=30))
+        try:
+            results = await asyncio.gather(*(pool.verify(stored, "pw") for _ in range(8)))
+        finally:
+            pool.shutdown()
+        assert all(r.ok for r in results)
+
+    asyncio.run(scenario())
+    assert peak == 2
+
+
+def test_a_caller_that_cannot_get_a_slot_in_time_is_refused() -> None:
+    stored = hash_password("pw")
+
+    async def scenario() -> list[BaseException | passwords.Verification]:
+        pool = HashingPool(1, timedelta(milliseconds=5))
+        try:
+            return await asyncio.gather(
+                *(pool.verify(stored, "pw") for _ in range(3)), return_exceptions=True
+            )
+        finally:
+            pool.shutdown()
+
+    outcomes = asyncio.run(scenario())
+    assert any(isinstance(o, HashingOverloaded) for o in outcomes)
+    assert any(isinstance(o, passwords.Verification) and o.ok for o in outcomes)
