@@ -7,6 +7,7 @@ unreachable database, bad setting), 2 bad usage (click's own).
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import sys
 from collections.abc import Iterator
@@ -125,11 +126,17 @@ def serve(ctx: Context, host: str, port: int) -> None:
     settings = ctx.settings  # fail here, with the variable's name, not inside uvicorn
     from app.main import create_app
 
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     uvicorn.run(
         create_app(settings),
         host=host,
         port=port,
         log_level=settings.log_level,
+        # uvicorn's access log prints query strings, which carry redirection
+        # tokens and authorization codes; Baton logs requests without them.
+        access_log=False,
         proxy_headers=False,
         server_header=False,
     )

@@ -49,9 +49,10 @@ def register(server: Server, *, public: bool, redirect_uri: str) -> dict[str, st
     return created
 
 
-def sign_in_through_the_login_page(server: Server, authorization_url: str) -> str:
+def sign_in_through_the_login_page(server: Server, authorization_url: str) -> tuple[str, str]:
     """What a person's browser does: follow authorize to the login page, post the
-    credentials, follow redir_to; return the callback URL carrying the code."""
+    credentials, follow redir_to; return the callback URL carrying the code and
+    the redirection token."""
     browser = requests.Session()
     paused = browser.get(authorization_url, allow_redirects=False, timeout=10)
     assert paused.status_code == 302, paused.text
@@ -69,7 +70,7 @@ def sign_in_through_the_login_page(server: Server, authorization_url: str) -> st
     assert login.status_code == 200, login.text
     resumed = browser.get(server.url + login.json()["redir_to"], allow_redirects=False, timeout=10)
     assert resumed.status_code == 302, resumed.text
-    return str(resumed.headers["location"])
+    return str(resumed.headers["location"]), token
 
 
 @pytest.mark.parametrize("public", [True, False], ids=["public", "confidential"])
@@ -89,7 +90,7 @@ def test_authlib_client_completes_the_flow(server: Server, public: bool) -> None
         server.url + "/oauth2/authorize", code_verifier=verifier
     )
 
-    callback = sign_in_through_the_login_page(server, authorization_url)
+    callback, redirection_token = sign_in_through_the_login_page(server, authorization_url)
     assert callback.startswith(redirect_uri + "?")
     assert query_of(callback)["state"] == state
 
@@ -120,6 +121,11 @@ def test_authlib_client_completes_the_flow(server: Server, public: bool) -> None
     )
     assert replay.status_code in {400, 401}
     assert replay.json()["error"] in {"invalid_grant", "invalid_client"}
+
+    log = server.log.read_text()
+    assert "POST /api/v1/login 200" in log
+    for secret in (redirection_token, query_of(callback)["code"], token["access_token"], PASSWORD):
+        assert secret not in log
 
 
 def test_twenty_concurrent_logins_one_token_one_winner(

@@ -41,7 +41,8 @@ def _oauth_request(
 
 
 def _to_http(response: OAuthResponse, request: Request) -> Response:
-    headers = dict(response.headers)
+    # Nothing an authorization server answers may be cached (RFC 6749 §5.1).
+    headers = {"Cache-Control": "no-store", **dict(response.headers)}
     if response.location is not None:
         return Response(status_code=response.status, headers=headers)
     if response.status >= 400 and "text/html" in request.headers.get("accept", ""):
