@@ -26,6 +26,8 @@ def _services(request: Request) -> Services:
 def _oauth_request(
     request: Request, services: Services, form: list[tuple[str, str]] | None = None
 ) -> BatonOAuth2Request:
+    """The authorization endpoint reads the query (RFC 6749 §3.1); the token
+    endpoint reads only the form body (§3.2), never parameters in its URL."""
     # authlib checks the transport of this URI (https, or loopback in development);
     # behind a TLS-terminating proxy the public URL is the truth, not the socket.
     uri = services.settings.public_url + request.url.path
@@ -35,17 +37,17 @@ def _oauth_request(
         request.method,
         uri,
         headers=request.headers,
-        query=request.query_params.multi_items(),
+        query=request.query_params.multi_items() if form is None else [],
         form=form or [],
     )
 
 
-def _to_http(response: OAuthResponse, request: Request) -> Response:
+def _to_http(response: OAuthResponse, request: Request, *, for_people: bool = False) -> Response:
     # Nothing an authorization server answers may be cached (RFC 6749 §5.1).
     headers = {"Cache-Control": "no-store", **dict(response.headers)}
     if response.location is not None:
         return Response(status_code=response.status, headers=headers)
-    if response.status >= 400 and "text/html" in request.headers.get("accept", ""):
+    if for_people and response.status >= 400 and "text/html" in request.headers.get("accept", ""):
         return _error_page(response)
     body = response.body if isinstance(response.body, dict) else {}
     return JSONResponse(body, status_code=response.status, headers=headers)
@@ -79,7 +81,7 @@ async def authorize(request: Request) -> Response:
             user_agent=request.headers.get("user-agent"),
         )
     )
-    return _to_http(response, request)
+    return _to_http(response, request, for_people=True)
 
 
 async def token(request: Request) -> Response:
