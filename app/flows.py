@@ -7,15 +7,16 @@ number of processes racing on one token produce exactly one winner.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import tokens
-from app.models import PendingFlow
+from app.models import Client, PendingFlow, User
 
 KIND_LOGIN = "login"
 MAX_TOKEN_LENGTH = 128
@@ -93,3 +94,233 @@ def consume(
     if row is None:
         return None
     return ConsumedFlow(id=row.id, public_id=row.public_id, redir_to=row.redir_to)
+
+
+# -- administration -----------------------------------------------------------
+
+STATUSES = ("pending", "consumed", "expired", "revoked")
+
+
+def status_of(flow: PendingFlow, now: datetime) -> str:
+    if flow.revoked_at is not None:
+        return "revoked"
+    if flow.consumed_at is not None:
+        return "consumed"
+    if flow.expires_at <= now:
+        return "expired"
+    return "pending"
+
+
+def status_is(status: str, now: datetime) -> ColumnElement[bool]:
+    """The SQL twin of :func:`status_of`."""
+    unconsumed = and_(PendingFlow.consumed_at.is_(None), PendingFlow.revoked_at.is_(None))
+    if status == "revoked":
+        return PendingFlow.revoked_at.is_not(None)
+    if status == "consumed":
+        return and_(PendingFlow.consumed_at.is_not(None), PendingFlow.revoked_at.is_(None))
+    if status == "expired":
+        return and_(unconsumed, PendingFlow.expires_at <= now)
+    if status == "pending":
+        return and_(unconsumed, PendingFlow.expires_at > now)
+    raise ValueError(f"unknown status {status!r}; expected one of {', '.join(STATUSES)}")
+
+
+def finished_before(cutoff: datetime) -> ColumnElement[bool]:
+    """Flows that ended (expired, consumed or revoked) before ``cutoff``.
+
+    With ``cutoff <= now`` this can never match a pending flow: a pending flow
+    has neither end time set and ``expires_at > now >= cutoff``.
+    """
+    return or_(
+        PendingFlow.consumed_at < cutoff,
+        PendingFlow.revoked_at < cutoff,
+        PendingFlow.expires_at < cutoff,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSummary:
+    flow: PendingFlow
+    client_id: str
+    client_name: str
+    consumer: str | None
+    status: str
+
+
+def list_flows(
+    *,
+    db: Session,
+    now: datetime,
+    status: str | None = None,
+    client_id: str | None = None,
+    consumer: str | None = None,
+    since: datetime | None = None,
+    limit: int = 50,
+) -> list[FlowSummary]:
+    """Newest first; ``ORDER BY created_at DESC LIMIT n`` walks its index."""
+    query = (
+        select(PendingFlow, Client.client_id, Client.name, User.username)
+        .join(Client, PendingFlow.client_pk == Client.id)
+        .outerjoin(User, PendingFlow.consumed_by == User.id)
+        .order_by(PendingFlow.created_at.desc(), PendingFlow.id.desc())
+        .limit(limit)
+    )
+    if status is not None:
+        query = query.where(status_is(status, now))
+    if client_id is not None:
+        query = query.where(Client.client_id == client_id)
+    if consumer is not None:
+        query = query.where(User.username == consumer)
+    if since is not None:
+        query = query.where(PendingFlow.created_at >= since)
+    return [
+        FlowSummary(flow, cid, name, username, status_of(flow, now))
+        for flow, cid, name, username in db.execute(query)
+    ]
+
+
+def get_summary(*, db: Session, public_id: str, now: datetime) -> FlowSummary | None:
+    row = db.execute(
+        select(PendingFlow, Client.client_id, Client.name, User.username)
+        .join(Client, PendingFlow.client_pk == Client.id)
+        .outerjoin(User, PendingFlow.consumed_by == User.id)
+        .where(PendingFlow.public_id == public_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    flow, cid, name, username = row
+    return FlowSummary(flow, cid, name, username, status_of(flow, now))
+
+
+def revoke(
+    *, db: Session, now: datetime, public_ids: Sequence[str] = (), client_pk: int | None = None
+) -> list[str]:
+    """Revoke unconsumed flows; like consumption, one conditional UPDATE decides,
+    so a revocation racing a login has exactly one winner."""
+    conditions: list[ColumnElement[bool]] = [
+        PendingFlow.consumed_at.is_(None),
+        PendingFlow.revoked_at.is_(None),
+    ]
+    if public_ids:
+        conditions.append(PendingFlow.public_id.in_(public_ids))
+    if client_pk is not None:
+        conditions.append(PendingFlow.client_pk == client_pk)
+        conditions.append(PendingFlow.expires_at > now)
+    if not public_ids and client_pk is None:
+        raise ValueError("name the flows or the client to revoke")
+    rows = db.execute(
+        update(PendingFlow)
+        .where(*conditions)
+        .values(revoked_at=now)
+        .returning(PendingFlow.public_id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(rows.scalars())
+
+
+def count_purgeable(*, db: Session, cutoff: datetime) -> int:
+    return (
+        db.scalar(select(func.count()).select_from(PendingFlow).where(finished_before(cutoff))) or 0
+    )
+
+
+def purge_batch(*, db: Session, cutoff: datetime, batch_size: int) -> int:
+    """Delete up to ``batch_size`` flows that ended before ``cutoff``.
+
+    On PostgreSQL the candidate rows are locked with ``SKIP LOCKED``, so two
+    purges (two instances, or the CLI beside the server) take different rows
+    instead of waiting on each other. The DELETE repeats the condition, so a
+    row can only go if it is still finished when deleted.
+    """
+    candidates = (
+        select(PendingFlow.id)
+        .where(finished_before(cutoff))
+        .order_by(PendingFlow.id)
+        .limit(batch_size)
+    )
+    if db.get_bind().dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    ids = list(db.scalars(candidates))
+    if not ids:
+        return 0
+    result = db.execute(
+        delete(PendingFlow)
+        .where(PendingFlow.id.in_(ids), finished_before(cutoff))
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+AGE_BUCKETS: tuple[tuple[str, timedelta], ...] = (
+    ("<1m", timedelta(minutes=1)),
+    ("1m-5m", timedelta(minutes=5)),
+    ("5m-15m", timedelta(minutes=15)),
+    ("15m-1h", timedelta(hours=1)),
+    (">=1h", timedelta.max),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    by_status: dict[str, int]
+    by_client: dict[str, dict[str, int]]
+    pending_ages: dict[str, int]
+    window: timedelta
+    created_in_window: int
+    consumed_in_window: int
+    median_time_to_login: timedelta | None
+
+    @property
+    def consumption_rate(self) -> float | None:
+        if not self.created_in_window:
+            return None
+        return self.consumed_in_window / self.created_in_window
+
+
+def stats(*, db: Session, now: datetime, window: timedelta) -> Stats:
+    status = case(
+        (PendingFlow.revoked_at.is_not(None), "revoked"),
+        (PendingFlow.consumed_at.is_not(None), "consumed"),
+        (PendingFlow.expires_at <= now, "expired"),
+        else_="pending",
+    ).label("status")
+    by_status = dict.fromkeys(STATUSES, 0)
+    by_client: dict[str, dict[str, int]] = {}
+    rows = db.execute(
+        select(Client.client_id, status, func.count())
+        .join(Client, PendingFlow.client_pk == Client.id)
+        .group_by(Client.client_id, status)
+    )
+    for client_id, flow_status, count in rows:
+        by_status[flow_status] += count
+        by_client.setdefault(client_id, dict.fromkeys(STATUSES, 0))[flow_status] = count
+
+    pending_ages = {name: 0 for name, _ in AGE_BUCKETS}
+    for (created_at,) in db.execute(
+        select(PendingFlow.created_at).where(status_is("pending", now))
+    ):
+        age = now - created_at
+        name = next(name for name, limit in AGE_BUCKETS if age < limit)
+        pending_ages[name] += 1
+
+    start = now - window
+    created = (
+        db.scalar(
+            select(func.count()).select_from(PendingFlow).where(PendingFlow.created_at >= start)
+        )
+        or 0
+    )
+    delays = sorted(
+        consumed_at - created_at
+        for created_at, consumed_at in db.execute(
+            select(PendingFlow.created_at, PendingFlow.consumed_at).where(
+                PendingFlow.created_at >= start, PendingFlow.consumed_at.is_not(None)
+            )
+        )
+        if consumed_at is not None
+    )
+    median = None
+    if delays:
+        middle = len(delays) // 2
+        median = delays[middle] if len(delays) % 2 else (delays[middle - 1] + delays[middle]) / 2
+    return Stats(by_status, by_client, pending_ages, window, created, len(delays), median)

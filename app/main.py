@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -21,6 +23,7 @@ from app.oauth import routes as oauth_routes
 from app.oauth.server import BatonAuthorizationServer
 from app.passwords import HashingPool
 from app.problems import PROBLEM_CONTENT_TYPE, Problem
+from app.purge import purge_periodically
 from app.services import Services
 from app.settings import Settings
 
@@ -36,9 +39,23 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow) ->
         app.state.services = Services(settings, database, hashing, oauth, clock)
         if settings.demo:
             ensure_demo_client(database, settings, clock())
+        purging = None
+        if settings.purge_interval is not None:
+            purging = asyncio.create_task(
+                purge_periodically(
+                    database,
+                    clock,
+                    interval=settings.purge_interval,
+                    older_than=settings.purge_age,
+                )
+            )
         try:
             yield
         finally:
+            if purging is not None:
+                purging.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await purging
             hashing.shutdown()
             database.dispose()
 

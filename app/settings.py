@@ -133,6 +133,8 @@ class Settings:
     hash_wait: timedelta = timedelta(seconds=10)
     demo: bool = False
     log_level: str = "info"
+    purge_interval: timedelta | None = timedelta(minutes=10)
+    purge_age: timedelta = timedelta(hours=24)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -152,6 +154,12 @@ class Settings:
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def _duration_or_off(text: str) -> timedelta | None:
+    if text.strip().lower() in {"off", "0", "false", "never"}:
+        return None
+    return _positive_duration(text)
 
 
 def _log_level(text: str) -> str:
@@ -174,4 +182,6 @@ _PARSERS = {
     "hash_wait": _positive_duration,
     "demo": _parse_bool,
     "log_level": _log_level,
+    "purge_interval": _duration_or_off,
+    "purge_age": parse_duration,
 }
