@@ -52,6 +52,43 @@ def validate_redirect_uri(uri: str) -> str:
     return uri
 
 
+MAX_NAME = 255
+MAX_SCOPE = 1024
+MAX_REDIRECT_URIS = 20
+MAX_REDIRECT_URI = 2000
+
+
+def _clean_name(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise InvalidClientMetadata("the client name must not be empty")
+    if len(name) > MAX_NAME:
+        raise InvalidClientMetadata(f"the client name must be at most {MAX_NAME} characters")
+    return name
+
+
+def _clean_redirect_uris(redirect_uris: list[str]) -> list[str]:
+    if not redirect_uris:
+        raise InvalidClientMetadata("at least one redirect URI is required")
+    if len(redirect_uris) > MAX_REDIRECT_URIS:
+        raise InvalidClientMetadata(f"at most {MAX_REDIRECT_URIS} redirect URIs are allowed")
+    for uri in redirect_uris:
+        if len(uri) > MAX_REDIRECT_URI:
+            raise InvalidClientMetadata(
+                f"redirect URIs must be at most {MAX_REDIRECT_URI} characters"
+            )
+    return [validate_redirect_uri(uri) for uri in dict.fromkeys(redirect_uris)]
+
+
+def _clean_scope(scope: str) -> str:
+    scopes = " ".join(dict.fromkeys(scope.split()))
+    if not scopes:
+        raise InvalidClientMetadata("at least one scope is required")
+    if len(scopes) > MAX_SCOPE:
+        raise InvalidClientMetadata(f"the scope must be at most {MAX_SCOPE} characters")
+    return scopes
+
+
 def register(
     *,
     db: Session,
@@ -64,23 +101,18 @@ def register(
     provenance: str = "cli",
     client_id: str | None = None,
 ) -> Registered:
-    if not name.strip():
-        raise InvalidClientMetadata("the client name must not be empty")
-    if not redirect_uris:
-        raise InvalidClientMetadata("at least one redirect URI is required")
-    uris = [validate_redirect_uri(uri) for uri in dict.fromkeys(redirect_uris)]
-    scopes = scope.split()
-    if not scopes:
-        raise InvalidClientMetadata("at least one scope is required")
+    name = _clean_name(name)
+    uris = _clean_redirect_uris(redirect_uris)
+    scope = _clean_scope(scope)
     secret = None if public else tokens.new_secret()
     client = Client(
         client_id=client_id or secrets.token_hex(16),
-        name=name.strip(),
+        name=name,
         secret_hash=None if secret is None else tokens.digest(secret),
         public=public,
         first_party=first_party,
         redirect_uris=uris,
-        scope=" ".join(dict.fromkeys(scopes)),
+        scope=scope,
         grant_types=["authorization_code"],
         provenance=provenance,
         created_at=now,
@@ -106,3 +138,45 @@ def remove(*, db: Session, client_id: str) -> bool:
     """Remove a client with its pending flows, codes and tokens (cascade)."""
     result = db.execute(delete(Client).where(Client.client_id == client_id))
     return bool(getattr(result, "rowcount", 0))
+
+
+class UnknownClient(Exception):
+    pass
+
+
+def require(*, db: Session, client_id: str) -> Client:
+    client = get(db=db, client_id=client_id)
+    if client is None:
+        raise UnknownClient(client_id)
+    return client
+
+
+def update_metadata(
+    *,
+    db: Session,
+    client_id: str,
+    name: str | None = None,
+    redirect_uris: list[str] | None = None,
+    scope: str | None = None,
+    first_party: bool | None = None,
+) -> Client:
+    client = require(db=db, client_id=client_id)
+    if name is not None:
+        client.name = _clean_name(name)
+    if redirect_uris is not None:
+        client.redirect_uris = _clean_redirect_uris(redirect_uris)
+    if scope is not None:
+        client.scope = _clean_scope(scope)
+    if first_party is not None:
+        client.first_party = first_party
+    return client
+
+
+def rotate_secret(*, db: Session, client_id: str) -> str:
+    """A new secret for a confidential client; the old one stops working at once."""
+    client = require(db=db, client_id=client_id)
+    if client.public:
+        raise InvalidClientMetadata(f"client {client_id!r} is public and has no secret")
+    secret = tokens.new_secret()
+    client.secret_hash = tokens.digest(secret)
+    return secret

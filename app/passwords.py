@@ -38,6 +38,14 @@ def hash_password(password: str) -> str:
     return _argon2.hash(password)
 
 
+def hash_scheme(stored: str) -> str:
+    if stored.startswith("$argon2id$"):
+        return "argon2id"
+    if stored.startswith(_BCRYPT_PREFIXES):
+        return "bcrypt"
+    return "unsupported"
+
+
 def is_supported_hash(stored: str) -> bool:
     return stored.startswith(("$argon2id$", *_BCRYPT_PREFIXES))
 

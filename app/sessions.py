@@ -69,3 +69,31 @@ def revoke(*, db: Session, secret: str, now: datetime) -> bool:
         .values(revoked_at=now)
     )
     return bool(getattr(result, "rowcount", 0))
+
+
+def live_for_user(*, db: Session, user_id: int, now: datetime) -> list[BrowserSession]:
+    return list(
+        db.scalars(
+            select(BrowserSession)
+            .where(
+                BrowserSession.user_id == user_id,
+                BrowserSession.revoked_at.is_(None),
+                BrowserSession.expires_at > now,
+            )
+            .order_by(BrowserSession.created_at.desc())
+        )
+    )
+
+
+def revoke_all_for_user(*, db: Session, user_id: int, now: datetime) -> int:
+    """End every session of a user (logout everywhere, password change, disable)."""
+    result = db.execute(
+        update(BrowserSession)
+        .where(
+            BrowserSession.user_id == user_id,
+            BrowserSession.revoked_at.is_(None),
+            BrowserSession.expires_at > now,
+        )
+        .values(revoked_at=now)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

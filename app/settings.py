@@ -72,7 +72,7 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-def _database_url(text: str) -> str:
+def database_url(text: str) -> str:
     url = normalise_database_url(text.strip())
     if not url.startswith(("sqlite://", "postgresql+psycopg://")):
         raise ValueError(f"expected a sqlite:/// or postgresql:// URL, got {text!r}")
@@ -170,7 +170,7 @@ def _log_level(text: str) -> str:
 
 
 _PARSERS = {
-    "database_url": _database_url,
+    "database_url": database_url,
     "public_url": _public_url,
     "secure_cookies": _parse_bool,
     "session_duration": _positive_duration,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -79,3 +79,13 @@ def set_disabled(*, db: Session, username: str, disabled: bool) -> User:
     user = _require(db, username)
     user.disabled = disabled
     return user
+
+
+def remove(*, db: Session, username: str) -> None:
+    """Delete a user with their sessions, codes and tokens (cascade)."""
+    user = _require(db, username)
+    db.execute(delete(User).where(User.id == user.id))
+
+
+def require(*, db: Session, username: str) -> User:
+    return _require(db, username)

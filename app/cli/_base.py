@@ -1,0 +1,269 @@
+"""The command group, its context and the helpers every command shares."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, ProgrammingError
+from sqlalchemy.orm import Session
+
+from app import users
+from app.db import Database, utcnow
+from app.passwords import hash_password
+from app.settings import Settings, SettingsError, parse_duration
+from app.settings import database_url as parse_database_url
+
+EXIT_CODES = """\b
+Exit codes:
+  0  success
+  1  the operation failed: unknown name or id, duplicate, invalid value,
+     unreachable database, bad BATON_* setting
+  2  bad usage: unknown command or option, missing argument
+"""
+
+
+class Context:
+    """Settings and database access for one invocation."""
+
+    def __init__(self, database_url: str | None) -> None:
+        self._database_url = database_url
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                settings = Settings.from_env()
+            except SettingsError as error:
+                raise click.ClickException(str(error)) from None
+            if self._database_url is not None:
+                try:
+                    url = parse_database_url(self._database_url)
+                except ValueError as error:
+                    raise click.ClickException(f"--database-url: {error}") from None
+                settings = replace(settings, database_url=url)
+            self._settings = settings
+        return self._settings
+
+    @property
+    def safe_url(self) -> str:
+        return make_url(self.settings.database_url).render_as_string(hide_password=True)
+
+    def database_error(self, error: DBAPIError) -> click.ClickException:
+        detail = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        hint = " (has `baton db upgrade` been run?)" if _missing_schema(error) else ""
+        return click.ClickException(f"cannot use the database {self.safe_url}: {detail}{hint}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        settings = self.settings
+        database = Database(settings.database_url)
+        try:
+            with database.transaction() as db:
+                yield db
+        except DBAPIError as error:
+            raise self.database_error(error) from None
+        finally:
+            database.dispose()
+
+    def check_database(self) -> None:
+        """Fail early (before prompting for a password) when the database is unusable."""
+        with self.transaction() as db:
+            db.execute(text("SELECT 1 FROM users WHERE 1 = 0"))
+
+
+def _missing_schema(error: DBAPIError) -> bool:
+    message = str(error.orig).lower()
+    return isinstance(error, ProgrammingError) or "no such table" in message
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
+@click.option(
+    "--database-url", metavar="URL", help="Use this database instead of BATON_DATABASE_URL."
+)
+@click.version_option(package_name="baton", prog_name="baton")
+@click.pass_context
+def main(ctx: click.Context, database_url: str | None) -> None:
+    """Baton: an OAuth 2.1 authorization server with an SPA login step.
+
+    Settings come from BATON_* environment variables (see the README).
+
+    \b
+    Examples:
+      baton db upgrade
+      baton flows list --status pending
+      baton --database-url postgresql://baton@db/baton users list
+    """
+    ctx.obj = Context(database_url)
+
+
+# -- output -------------------------------------------------------------------
+
+STATUS_COLOURS = {"pending": "yellow", "consumed": "green", "expired": "bright_black"}
+STATUS_COLOURS |= {"revoked": "red", "active": "green", "disabled": "red"}
+
+
+def coloured(status: str) -> str:
+    """Colour for people; click strips it when stdout is not a terminal."""
+    return click.style(status, fg=STATUS_COLOURS.get(status))
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(click.unstyle(c))) for w, c in zip(widths, row, strict=True)]
+    for row in [[click.style(h, bold=True) for h in headers], *rows]:
+        cells = [c + " " * (w - len(click.unstyle(c))) for c, w in zip(row, widths, strict=True)]
+        click.echo("  ".join(cells).rstrip())
+    if not rows:
+        click.echo("(none)")
+
+
+def human(delta: timedelta) -> str:
+    """``42s``, ``5m12s``, ``2h03m``, ``3d04h``."""
+    seconds = int(delta.total_seconds())
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{sign}{days}d{hours:02d}h"
+    if hours:
+        return f"{sign}{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{sign}{minutes}m{secs:02d}s"
+    return f"{sign}{secs}s"
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+# -- parameters ---------------------------------------------------------------
+
+
+def duration_option(value: str | None) -> timedelta | None:
+    """Parse a duration option (``90s``, ``10m``, ``24h``) or fail as bad usage."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def as_duration(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
+    return duration_option(value)
+
+
+def as_since(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """A duration back from now (``1h``) or an ISO 8601 time."""
+    if value is None:
+        return None
+    if re.fullmatch(r"[0-9hmsd]+", value.strip().lower()):
+        try:
+            return utcnow() - parse_duration(value)
+        except ValueError as error:
+            raise click.BadParameter(str(error)) from None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"expected a duration such as 1h or an ISO time, got {value!r}"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def read_password(password_stdin: bool) -> str:
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        raise click.ClickException("the password must not be empty")
+    if len(password) > 1024:
+        raise click.ClickException("the password must be at most 1024 characters")
+    return password
+
+
+# -- top-level commands ---------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@pass_context
+def serve(ctx: Context, host: str, port: int) -> None:
+    """Serve Baton over HTTP with uvicorn.
+
+    \b
+    Example:
+      BATON_PUBLIC_URL=https://auth.example.com baton serve --host 0.0.0.0
+    """
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = ctx.settings  # fail here, naming the variable, not inside uvicorn
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=settings.log_level,
+        # uvicorn's access log prints query strings, which carry redirection
+        # tokens and authorization codes; Baton logs requests without them.
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+    )
+
+
+@main.command()
+@click.option("--username", default="admin", show_default=True)
+@pass_context
+def bootstrap(ctx: Context, username: str) -> None:
+    """Create a first user with a random password, if the database has none.
+
+    The password is printed once; change it with `baton users passwd`.
+    """
+    password = secrets.token_urlsafe(12)
+    with ctx.transaction() as db:
+        if users.any_exist(db=db):
+            click.echo("users exist already; nothing to do")
+            return
+        users.create(db=db, username=username, password_hash=hash_password(password), now=utcnow())
+    click.echo(f"created user {username!r} with password {password!r} (shown only once)")
+
+
+@main.command("hash-password")
+def hash_password_command() -> None:
+    """Print the argon2id hash of the password read from stdin.
+
+    \b
+    Example:
+      printf '%s\\n' "$PASSWORD" | baton hash-password
+    """
+    click.echo(hash_password(read_password(password_stdin=not sys.stdin.isatty())))
