@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import tokens
@@ -147,16 +147,15 @@ class FlowSummary:
     status: str
 
 
-def list_flows(
+def list_query(
     *,
-    db: Session,
     now: datetime,
     status: str | None = None,
     client_id: str | None = None,
     consumer: str | None = None,
     since: datetime | None = None,
     limit: int = 50,
-) -> list[FlowSummary]:
+) -> Select[PendingFlow, str, str, str | None]:
     """Newest first; ``ORDER BY created_at DESC LIMIT n`` walks its index."""
     query = (
         select(PendingFlow, Client.client_id, Client.name, User.username)
@@ -173,9 +172,14 @@ def list_flows(
         query = query.where(User.username == consumer)
     if since is not None:
         query = query.where(PendingFlow.created_at >= since)
+    return query
+
+
+def list_flows(*, db: Session, now: datetime, **filters: Any) -> list[FlowSummary]:
+    """See :func:`list_query` for the filters."""
     return [
         FlowSummary(flow, cid, name, username, status_of(flow, now))
-        for flow, cid, name, username in db.execute(query)
+        for flow, cid, name, username in db.execute(list_query(now=now, **filters))
     ]
 
 
@@ -263,7 +267,8 @@ AGE_BUCKETS: tuple[tuple[str, timedelta], ...] = (
 @dataclass(frozen=True, slots=True)
 class Stats:
     by_status: dict[str, int]
-    by_client: dict[str, dict[str, int]]
+    by_client: dict[str, dict[str, int]]  # client_id -> status -> count
+    client_names: dict[str, str]
     pending_ages: dict[str, int]
     window: timedelta
     created_in_window: int
@@ -286,12 +291,14 @@ def stats(*, db: Session, now: datetime, window: timedelta) -> Stats:
     ).label("status")
     by_status = dict.fromkeys(STATUSES, 0)
     by_client: dict[str, dict[str, int]] = {}
+    client_names: dict[str, str] = {}
     rows = db.execute(
-        select(Client.client_id, status, func.count())
+        select(Client.client_id, Client.name, status, func.count())
         .join(Client, PendingFlow.client_pk == Client.id)
-        .group_by(Client.client_id, status)
+        .group_by(Client.client_id, Client.name, status)
     )
-    for client_id, flow_status, count in rows:
+    for client_id, name, flow_status, count in rows:
+        client_names[client_id] = name
         by_status[flow_status] += count
         by_client.setdefault(client_id, dict.fromkeys(STATUSES, 0))[flow_status] = count
 
@@ -323,4 +330,6 @@ def stats(*, db: Session, now: datetime, window: timedelta) -> Stats:
     if delays:
         middle = len(delays) // 2
         median = delays[middle] if len(delays) % 2 else (delays[middle - 1] + delays[middle]) / 2
-    return Stats(by_status, by_client, pending_ages, window, created, len(delays), median)
+    return Stats(
+        by_status, by_client, client_names, pending_ages, window, created, len(delays), median
+    )

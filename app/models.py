@@ -77,7 +77,7 @@ class PendingFlow(Base):
     requester_ip: Mapped[str | None] = mapped_column(String(64))
     requester_agent: Mapped[str | None] = mapped_column(String(512))
 
-    client: Mapped[Client] = relationship(lazy="joined")
+    client: Mapped[Client] = relationship()
 
 
 class AuthorizationCode(Base):

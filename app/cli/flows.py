@@ -25,6 +25,7 @@ from app.cli._base import (
 from app.db import Database, utcnow
 from app.models import BrowserSession
 from app.purge import BATCH_SIZE, purge
+from app.settings import format_duration
 
 AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 
@@ -261,7 +262,9 @@ def flows_purge(ctx: Context, older_than: timedelta, dry_run: bool, batch_size: 
     if dry_run:
         with ctx.transaction() as db:
             count = flows.count_purgeable(db=db, cutoff=now - older_than)
-        click.echo(f"would purge {count} flow(s) that ended more than {human(older_than)} ago")
+        click.echo(
+            f"would purge {count} flow(s) that ended more than {format_duration(older_than)} ago"
+        )
         return
     database = Database(ctx.settings.database_url)
     try:
@@ -270,7 +273,7 @@ def flows_purge(ctx: Context, older_than: timedelta, dry_run: bool, batch_size: 
         raise ctx.database_error(error) from None
     finally:
         database.dispose()
-    click.echo(f"purged {deleted} flow(s) that ended more than {human(older_than)} ago")
+    click.echo(f"purged {deleted} flow(s) that ended more than {format_duration(older_than)} ago")
 
 
 @flows_group.command("stats")
@@ -289,9 +292,13 @@ def flows_stats(ctx: Context, window: timedelta, as_json: bool) -> None:
     with ctx.transaction() as db:
         result = flows.stats(db=db, now=now, window=window)
     median = result.median_time_to_login
+    by_client: list[dict[str, Any]] = [
+        {"client_id": cid, "client_name": result.client_names[cid], **counts}
+        for cid, counts in sorted(result.by_client.items())
+    ]
     document = {
         "by_status": result.by_status,
-        "by_client": result.by_client,
+        "by_client": by_client,
         "pending_age": result.pending_ages,
         "window_seconds": int(window.total_seconds()),
         "created_in_window": result.created_in_window,
@@ -306,15 +313,15 @@ def flows_stats(ctx: Context, window: timedelta, as_json: bool) -> None:
     click.echo("pending by age:   " + "  ".join(f"{k} {v}" for k, v in result.pending_ages.items()))
     rate = "-" if result.consumption_rate is None else f"{result.consumption_rate:.0%}"
     click.echo(
-        f"last {human(window)}:      {result.created_in_window} created, "
+        f"{'last ' + format_duration(window) + ':':<18}{result.created_in_window} created, "
         f"{result.consumed_in_window} consumed ({rate}), "
         f"median time to login {'-' if median is None else human(median)}"
     )
     click.echo()
     table(
-        ["CLIENT", *(s.upper() for s in flows.STATUSES)],
+        ["CLIENT ID", "NAME", *(s.upper() for s in flows.STATUSES)],
         [
-            [cid, *(str(c[s]) for s in flows.STATUSES)]
-            for cid, c in sorted(result.by_client.items())
+            [c["client_id"], c["client_name"][:24], *(str(c[s]) for s in flows.STATUSES)]
+            for c in by_client
         ],
     )

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from app import sessions, users
 from app.cli._base import (
@@ -264,6 +263,8 @@ def users_import(ctx: Context, file: Path, as_json: bool) -> None:
 
 
 def _read_lenses_users(file: Path) -> list[tuple[str, str]]:
+    import yaml  # only this command reads YAML
+
     try:
         document = yaml.safe_load(file.read_text("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
