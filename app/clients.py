@@ -117,9 +117,10 @@ def register(
         provenance=provenance,
         created_at=now,
     )
-    db.add(client)
     try:
+        # In a savepoint, so a duplicate leaves the caller's transaction usable.
         with db.begin_nested():
+            db.add(client)
             db.flush()
     except IntegrityError:
         raise ClientExists(client.client_id) from None

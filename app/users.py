@@ -35,9 +35,10 @@ def create(*, db: Session, username: str, password_hash: str, now: datetime) -> 
         created_at=now,
         password_changed_at=now,
     )
-    db.add(user)
     try:
+        # In a savepoint, so a duplicate leaves the caller's transaction usable.
         with db.begin_nested():
+            db.add(user)
             db.flush()
     except IntegrityError:
         raise UserExists(username) from None
