@@ -3,6 +3,8 @@ including purge and revocation racing logins, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from threading import Barrier
@@ -13,7 +15,7 @@ from sqlalchemy import func, select
 from app import flows
 from app.db import Database
 from app.models import Client, PendingFlow, User
-from app.purge import purge
+from app.purge import purge, purge_periodically
 from tests.conftest import Clock
 from tests.factories import create_client, create_user
 
@@ -234,3 +236,30 @@ def test_purge_count_matches_dry_run(
     assert purge(database, now=clock(), older_than=timedelta(0)) == expected
     with database.transaction() as db:
         assert db.scalar(select(func.count()).select_from(PendingFlow)) == 1
+
+
+def test_the_server_purges_on_a_schedule(database: Database, clock: Clock) -> None:
+    create_user(database)
+    app = create_client(database).client_id
+    dead = make_flow(database, app, clock() - timedelta(hours=2))
+    live = make_flow(database, app, clock())
+
+    async def run_until_purged() -> None:
+        task = asyncio.create_task(
+            purge_periodically(
+                database, clock, interval=timedelta(milliseconds=10), older_than=timedelta(0)
+            )
+        )
+        try:
+            for _ in range(500):
+                await asyncio.sleep(0.01)
+                if dead.row.public_id not in remaining(database):
+                    return
+            pytest.fail("the scheduled purge never ran")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(run_until_purged())
+    assert remaining(database) == {live.row.public_id}
