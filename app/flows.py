@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app import tokens
+from app import redirects, tokens
 from app.models import Client, PendingFlow, User
 
 KIND_LOGIN = "login"
@@ -93,7 +93,9 @@ def consume(
     ).one_or_none()
     if row is None:
         return None
-    return ConsumedFlow(id=row.id, public_id=row.public_id, redir_to=row.redir_to)
+    return ConsumedFlow(
+        id=row.id, public_id=row.public_id, redir_to=redirects.rebuild(row.redir_to)
+    )
 
 
 # -- administration -----------------------------------------------------------

@@ -18,7 +18,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from app import clients, pages
 from app.api import routes as api_routes
 from app.db import Database, utcnow
-from app.middleware import RequestIdMiddleware
+from app.middleware import (
+    BodyLimitMiddleware,
+    BodyTooLarge,
+    RequestIdMiddleware,
+    SecurityHeadersMiddleware,
+)
 from app.oauth import routes as oauth_routes
 from app.oauth.server import BatonAuthorizationServer
 from app.passwords import HashingPool
@@ -61,8 +66,13 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow) ->
 
     return Starlette(
         routes=[*api_routes.routes, *oauth_routes.routes, *pages.routes(demo=settings.demo)],
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(SecurityHeadersMiddleware),
+            Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes),
+        ],
         exception_handlers={
+            BodyTooLarge: _body_too_large,
             Problem: _problem_response,
             HTTPException: _http_error,
             Exception: _server_error,
@@ -115,6 +125,17 @@ def problem_response(request: Request, problem: Problem) -> Response:
 async def _problem_response(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Problem)
     return problem_response(request, exc)
+
+
+async def _body_too_large(request: Request, exc: Exception) -> Response:
+    if request.url.path.startswith("/oauth2/"):
+        return JSONResponse(
+            {"error": "invalid_request", "error_description": "The request body is too large."},
+            status_code=413,
+        )
+    return problem_response(
+        request, Problem(413, "validation_error", "The request body is too large.")
+    )
 
 
 _HTTP_TYPES = {404: "not_found", 401: "unauthorised", 403: "forbidden"}

@@ -135,6 +135,7 @@ class Settings:
     log_level: str = "info"
     purge_interval: timedelta | None = timedelta(minutes=10)
     purge_age: timedelta = timedelta(hours=24)
+    max_body_bytes: int = 64 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -184,4 +185,5 @@ _PARSERS = {
     "log_level": _log_level,
     "purge_interval": _duration_or_off,
     "purge_age": parse_duration,
+    "max_body_bytes": _positive_int,
 }

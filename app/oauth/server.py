@@ -29,22 +29,8 @@ from app.db import Database
 from app.models import Token
 from app.oauth.clients import OAuthClient
 from app.oauth.grants import AuthorizationCodeGrant, S256CodeChallenge
+from app.redirects import RESUMABLE_PARAMETERS, resume_path
 from app.settings import Settings
-
-AUTHORIZE_PATH = "/oauth2/authorize"
-
-# The parameters of an authorization request that survive the login pause.
-# Anything else is dropped, so the resume URL contains only what Baton validated.
-RESUMABLE_PARAMETERS = (
-    "response_type",
-    "client_id",
-    "redirect_uri",
-    "scope",
-    "state",
-    "code_challenge",
-    "code_challenge_method",
-    "nonce",
-)
 
 _T = TypeVar("_T")
 _current_db: ContextVar[Session] = ContextVar("baton_oauth_db")
@@ -108,16 +94,6 @@ class _Abort(Exception):
 
     def __init__(self, response: OAuthResponse) -> None:
         self.response = response
-
-
-def resume_path(params: Mapping[str, str]) -> str:
-    """The relative URL that resumes a paused authorization request.
-
-    Built only from a fixed path and encoded parameters, so it always starts
-    with a single ``/`` and can never point at another host.
-    """
-    kept = [(name, params[name]) for name in RESUMABLE_PARAMETERS if name in params]
-    return AUTHORIZE_PATH + "?" + urlencode(kept)
 
 
 class BatonAuthorizationServer(AuthorizationServer):
