@@ -201,17 +201,14 @@ def get_summary(*, db: Session, public_id: str, now: datetime) -> FlowSummary | 
 def revoke(
     *, db: Session, now: datetime, public_ids: Sequence[str] = (), client_pk: int | None = None
 ) -> list[str]:
-    """Revoke unconsumed flows; like consumption, one conditional UPDATE decides,
+    """Revoke pending flows; like consumption, one conditional UPDATE decides,
     so a revocation racing a login has exactly one winner."""
-    conditions: list[ColumnElement[bool]] = [
-        PendingFlow.consumed_at.is_(None),
-        PendingFlow.revoked_at.is_(None),
-    ]
+    # Only pending flows: an expired flow stays expired, its history intact.
+    conditions: list[ColumnElement[bool]] = [status_is("pending", now)]
     if public_ids:
         conditions.append(PendingFlow.public_id.in_(public_ids))
     if client_pk is not None:
         conditions.append(PendingFlow.client_pk == client_pk)
-        conditions.append(PendingFlow.expires_at > now)
     if not public_ids and client_pk is None:
         raise ValueError("name the flows or the client to revoke")
     rows = db.execute(

@@ -9,6 +9,7 @@ memory, and a caller that cannot get a slot within ``wait`` is refused
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +45,18 @@ def hash_scheme(stored: str) -> str:
     if stored.startswith(_BCRYPT_PREFIXES):
         return "bcrypt"
     return "unsupported"
+
+
+_WELL_FORMED = re.compile(
+    r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}"  # bcrypt: cost, then 22 + 31 characters
+    r"|\$argon2id\$v=19\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"
+)
+
+
+def is_well_formed_hash(stored: str) -> bool:
+    """A complete bcrypt or argon2id hash (for imports: a truncated hash would
+    lock its user out without a word)."""
+    return _WELL_FORMED.fullmatch(stored) is not None
 
 
 def is_supported_hash(stored: str) -> bool:

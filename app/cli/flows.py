@@ -147,9 +147,17 @@ def flows_show(ctx: Context, flow_id: str, as_json: bool) -> None:
         if isinstance(value, dict):
             click.echo(f"{key}:")
             for inner, shown in value.items():
-                click.echo(f"  {inner + ':':<24}{shown}")
+                click.echo(f"  {inner + ':':<24}{_plain(shown)}")
         else:
-            click.echo(f"{key + ':':<26}{coloured(value) if key == 'status' else value}")
+            click.echo(f"{key + ':':<26}{coloured(value) if key == 'status' else _plain(value)}")
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value) or "-"
+    return str(value)
 
 
 def _detail(summary: flows.FlowSummary, now: datetime, sessions_opened: int) -> dict[str, Any]:

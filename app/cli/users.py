@@ -22,7 +22,7 @@ from app.cli._base import (
 )
 from app.db import utcnow
 from app.models import User
-from app.passwords import hash_password, hash_scheme, is_supported_hash
+from app.passwords import hash_password, hash_scheme, is_well_formed_hash
 
 PASSWORD_STDIN = click.option(
     "--password-stdin", is_flag=True, help="Read the password from standard input."
@@ -267,9 +267,15 @@ def _read_lenses_users(file: Path) -> list[tuple[str, str]]:
 
     try:
         document = yaml.safe_load(file.read_text("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise click.ClickException(f"{file}: not a YAML file: {error}") from None
-    entries = (document or {}).get("auth", {}).get("users") if isinstance(document, dict) else None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise click.ClickException(f"{file}: not a YAML file: {problem}{where}") from None
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{file}: not a UTF-8 text file") from None
+    auth = document.get("auth") if isinstance(document, dict) else None
+    entries = auth.get("users") if isinstance(auth, dict) else None
     if not isinstance(entries, list):
         raise click.ClickException(f"{file}: no auth.users list")
     found: list[tuple[str, str]] = []
@@ -280,7 +286,7 @@ def _read_lenses_users(file: Path) -> list[tuple[str, str]]:
         username, password_hash = entry.get("username"), entry.get("password")
         if not isinstance(username, str) or not username.strip() or len(username) > 255:
             raise click.ClickException(f"{where}: the username must be 1 to 255 characters")
-        if not isinstance(password_hash, str) or not is_supported_hash(password_hash.strip()):
+        if not isinstance(password_hash, str) or not is_well_formed_hash(password_hash.strip()):
             raise click.ClickException(
                 f"{where} ({username}): the password must be a bcrypt or argon2id hash"
             )
