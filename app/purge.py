@@ -7,8 +7,6 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from anyio import to_thread
-
 from app import flows
 from app.db import Database
 
@@ -50,6 +48,8 @@ async def purge_periodically(
     older_than: timedelta,
 ) -> None:
     """The server's scheduled purge; runs until cancelled."""
+    from anyio import to_thread  # the server has it loaded; the CLI need not pay for it
+
     while True:
         await asyncio.sleep(interval.total_seconds())
         try:

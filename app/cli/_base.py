@@ -19,9 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 from sqlalchemy.orm import Session
 
-from app import users
 from app.db import Database, utcnow
-from app.passwords import hash_password
 from app.settings import Settings, SettingsError, parse_duration
 from app.settings import database_url as parse_database_url
 
@@ -249,6 +247,9 @@ def bootstrap(ctx: Context, username: str) -> None:
 
     The password is printed once; change it with `baton users passwd`.
     """
+    from app import users
+    from app.passwords import hash_password
+
     password = secrets.token_urlsafe(12)
     with ctx.transaction() as db:
         if users.any_exist(db=db):
@@ -266,4 +267,6 @@ def hash_password_command() -> None:
     Example:
       printf '%s\\n' "$PASSWORD" | baton hash-password
     """
+    from app.passwords import hash_password
+
     click.echo(hash_password(read_password(password_stdin=not sys.stdin.isatty())))
