@@ -33,6 +33,7 @@ class ConsumedFlow:
     id: int
     public_id: str
     redir_to: str
+    client_id: str
 
 
 def create(
@@ -88,13 +89,22 @@ def consume(
             PendingFlow.expires_at > now,
         )
         .values(consumed_at=now, consumed_by=user_id)
-        .returning(PendingFlow.id, PendingFlow.public_id, PendingFlow.redir_to)
+        .returning(
+            PendingFlow.id,
+            PendingFlow.public_id,
+            PendingFlow.redir_to,
+            PendingFlow.client_pk,
+        )
         .execution_options(synchronize_session=False)
     ).one_or_none()
     if row is None:
         return None
+    client_id = db.scalar(select(Client.client_id).where(Client.id == row.client_pk))
     return ConsumedFlow(
-        id=row.id, public_id=row.public_id, redir_to=redirects.rebuild(row.redir_to)
+        id=row.id,
+        public_id=row.public_id,
+        redir_to=redirects.rebuild(row.redir_to),
+        client_id=client_id or "",
     )
 
 

@@ -1,13 +1,15 @@
-"""The login use case: check a password, then consume the pending flow and open
-a session in one transaction. Knows nothing of HTTP."""
+"""The login use case: check the throttle and the password, then consume the
+pending flow and open a session in one transaction. Knows nothing of HTTP."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from anyio import to_thread
 
-from app import flows, problems, sessions, users
+from app import audit, flows, problems, sessions, throttle, users
+from app.problems import Problem
 from app.services import Services
 
 
@@ -18,6 +20,7 @@ class Attempt:
     redirection_token: str | None
     ip: str | None
     user_agent: str | None
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,26 +36,76 @@ class _Account:
     disabled: bool
 
 
-def _find(services: Services, username: str) -> _Account | None:
-    with services.database.transaction() as db:
-        user = users.get_by_username(db=db, username=username)
-        return None if user is None else _Account(user.id, user.password_hash, user.disabled)
-
-
 async def log_in(services: Services, attempt: Attempt) -> LoggedIn:
     """Raises :class:`~app.problems.Problem` for every refusal.
 
     Unknown users are verified against a dummy hash and disabled users are
-    verified too, so all three refusals cost the same and read the same.
+    verified too, so all three refusals cost the same and read the same. A
+    throttled attempt is refused before any hashing, whatever its password.
     """
-    account = await to_thread.run_sync(_find, services, attempt.username)
+    account = await to_thread.run_sync(_check_throttle_and_find, services, attempt)
     verification = await services.hashing.verify(
         account.password_hash if account else None, attempt.password
     )
     if account is None or not verification.ok or account.disabled:
+        reason = (
+            "unknown_user"
+            if account is None
+            else "wrong_password"
+            if not verification.ok
+            else "disabled_user"
+        )
+        await to_thread.run_sync(_record_failure, services, attempt, reason)
         raise problems.unauthorised()
     upgraded = await services.hashing.hash(attempt.password) if verification.needs_rehash else None
     return await to_thread.run_sync(_open_session, services, attempt, account, upgraded)
+
+
+def _check_throttle_and_find(services: Services, attempt: Attempt) -> _Account | None:
+    now = services.clock()
+    with services.database.transaction() as db:
+        wait = throttle.retry_after(
+            db=db,
+            username=attempt.username,
+            ip=attempt.ip,
+            now=now,
+            policy=services.settings.throttle,
+        )
+        if wait:
+            seconds = max(1, math.ceil(wait.total_seconds()))
+            audit.record(
+                db=db,
+                event="login.throttled",
+                now=now,
+                username=attempt.username,
+                ip=attempt.ip,
+                request_id=attempt.request_id,
+                retry_after_seconds=seconds,
+            )
+            throttled: Problem | None = problems.throttled(seconds)
+        else:
+            throttled = None
+            user = users.get_by_username(db=db, username=attempt.username)
+            account = None if user is None else _Account(user.id, user.password_hash, user.disabled)
+    # Raised outside the block so that the audit row commits.
+    if throttled is not None:
+        raise throttled
+    return account
+
+
+def _record_failure(services: Services, attempt: Attempt, reason: str) -> None:
+    now = services.clock()
+    with services.database.transaction() as db:
+        throttle.record_failure(db=db, username=attempt.username, ip=attempt.ip, now=now)
+        audit.record(
+            db=db,
+            event="login.failed",
+            now=now,
+            username=attempt.username,
+            ip=attempt.ip,
+            request_id=attempt.request_id,
+            reason=reason,
+        )
 
 
 def _open_session(
@@ -81,4 +134,16 @@ def _open_session(
             users.upgrade_hash(
                 db=db, user_id=account.id, old_hash=account.password_hash, new_hash=upgraded_hash
             )
+        throttle.reset_user(db=db, username=attempt.username)
+        audit.record(
+            db=db,
+            event="login.succeeded",
+            now=now,
+            username=attempt.username,
+            client_id=flow.client_id if flow else None,
+            ip=attempt.ip,
+            request_id=attempt.request_id,
+            flow=flow.public_id if flow else None,
+            hash_upgraded=upgraded_hash is not None,
+        )
     return LoggedIn(session_secret=session.secret, redir_to=flow.redir_to if flow else None)

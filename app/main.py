@@ -52,6 +52,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow) ->
                     clock,
                     interval=settings.purge_interval,
                     older_than=settings.purge_age,
+                    forget_failures_after=settings.throttle_window,
                 )
             )
         try:

@@ -65,6 +65,17 @@ def flow_not_found() -> Problem:
     )
 
 
+def throttled(retry_after: int) -> Problem:
+    # The contract's hq_ErrorType has no rate-limit type; "forbidden" says
+    # "not allowed right now" without suggesting the credentials were wrong.
+    return Problem(
+        429,
+        "forbidden",
+        "Too many failed sign-in attempts. Wait a moment and try again.",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
 def overloaded(retry_after: int) -> Problem:
     return Problem(
         503,

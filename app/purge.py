@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from app import flows
+from app import flows, throttle
 from app.db import Database
 
 log = logging.getLogger("baton.purge")
@@ -46,6 +46,7 @@ async def purge_periodically(
     *,
     interval: timedelta,
     older_than: timedelta,
+    forget_failures_after: timedelta | None = None,
 ) -> None:
     """The server's scheduled purge; runs until cancelled."""
     from anyio import to_thread  # the server has it loaded; the CLI need not pay for it
@@ -56,8 +57,18 @@ async def purge_periodically(
             deleted = await to_thread.run_sync(
                 lambda: purge(database, now=clock(), older_than=older_than)
             )
+            if forget_failures_after is not None:
+                await to_thread.run_sync(
+                    lambda: _forget_failures(database, clock() - forget_failures_after)
+                )
         except Exception:
             log.exception("scheduled purge failed; retrying at the next interval")
             continue
         if deleted:
             log.info("purged %d finished flows", deleted)
+
+
+def _forget_failures(database: Database, cutoff: datetime) -> None:
+    """Login failures older than the throttle window no longer count."""
+    with database.transaction() as db:
+        throttle.forget_before(db=db, cutoff=cutoff)

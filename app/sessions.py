@@ -46,8 +46,22 @@ def create(
     return NewSession(secret=secret, row=row)
 
 
-def current_user(*, db: Session, secret: str | None, now: datetime) -> User | None:
-    """The enabled user behind a live session cookie, if any."""
+TOUCH_EVERY = timedelta(minutes=1)
+
+
+def current_user(
+    *,
+    db: Session,
+    secret: str | None,
+    now: datetime,
+    idle_timeout: timedelta | None = None,
+) -> User | None:
+    """The enabled user behind a live session cookie, if any.
+
+    A session lives until its absolute expiry, and, with ``idle_timeout``,
+    only while it is used at least that often; use is recorded at most once
+    a minute so that reading a session rarely writes.
+    """
     if not secret:
         return None
     row = db.scalar(
@@ -59,6 +73,11 @@ def current_user(*, db: Session, secret: str | None, now: datetime) -> User | No
     )
     if row is None or row.user.disabled:
         return None
+    last_seen = row.last_seen_at or row.created_at
+    if idle_timeout is not None and now - last_seen >= idle_timeout:
+        return None
+    if now - last_seen >= TOUCH_EVERY:
+        row.last_seen_at = now
     return row.user
 
 

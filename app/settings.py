@@ -14,6 +14,8 @@ from datetime import timedelta
 from ipaddress import ip_address
 from urllib.parse import urlsplit
 
+from app.throttle import Policy
+
 DEFAULT_DATABASE_URL = "sqlite:///./var/baton.db"
 
 _DURATION = re.compile(r"(?P<value>\d+)(?P<unit>ms|s|m|h|d)")
@@ -136,6 +138,11 @@ class Settings:
     purge_interval: timedelta | None = timedelta(minutes=10)
     purge_age: timedelta = timedelta(hours=24)
     max_body_bytes: int = 64 * 1024
+    session_idle_timeout: timedelta | None = timedelta(hours=8)
+    throttle_user_failures: int = 5
+    throttle_ip_failures: int = 20
+    throttle_window: timedelta = timedelta(minutes=15)
+    throttle_max_delay: timedelta = timedelta(minutes=15)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -151,6 +158,15 @@ class Settings:
             except ValueError as error:
                 raise SettingsError(f"{variable}: {error}") from None
         return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def throttle(self) -> Policy:
+        return Policy(
+            user_failures=self.throttle_user_failures,
+            ip_failures=self.throttle_ip_failures,
+            window=self.throttle_window,
+            max_delay=self.throttle_max_delay,
+        )
 
     @property
     def is_sqlite(self) -> bool:
@@ -186,4 +202,9 @@ _PARSERS = {
     "purge_interval": _duration_or_off,
     "purge_age": parse_duration,
     "max_body_bytes": _positive_int,
+    "session_idle_timeout": _duration_or_off,
+    "throttle_user_failures": _positive_int,
+    "throttle_ip_failures": _positive_int,
+    "throttle_window": _positive_duration,
+    "throttle_max_delay": _positive_duration,
 }

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app import problems, sessions
+from app import audit, problems, sessions
 from app.api.schemas import LoginRequest, parse
 from app.login import Attempt, log_in
 from app.models import User
@@ -37,6 +37,7 @@ async def login(request: Request) -> Response:
         redirection_token=body.redirection_token,
         ip=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent"),
+        request_id=request.scope.get("state", {}).get("request_id"),
     )
     try:
         result = await log_in(services, attempt)
@@ -62,8 +63,18 @@ async def logout(request: Request) -> Response:
     if secret:
 
         def revoke() -> None:
+            now = services.clock()
             with services.database.transaction() as db:
-                sessions.revoke(db=db, secret=secret, now=services.clock())
+                user = sessions.current_user(db=db, secret=secret, now=now)
+                if sessions.revoke(db=db, secret=secret, now=now):
+                    audit.record(
+                        db=db,
+                        event="session.ended",
+                        now=now,
+                        username=user.username if user else None,
+                        ip=request.client.host if request.client else None,
+                        request_id=request.scope.get("state", {}).get("request_id"),
+                    )
 
         await to_thread.run_sync(revoke)
     response = Response(status_code=204, headers=NO_STORE)
@@ -90,7 +101,12 @@ async def me(request: Request) -> Response:
                 if grant is None:
                     return None
                 return _user_document(grant.user, via="access_token", scope=grant.scope)
-            user = sessions.current_user(db=db, secret=session_secret, now=now)
+            user = sessions.current_user(
+                db=db,
+                secret=session_secret,
+                now=now,
+                idle_timeout=services.settings.session_idle_timeout,
+            )
             return None if user is None else _user_document(user, via="session")
 
     document = await to_thread.run_sync(lookup)

@@ -90,6 +90,13 @@ def _missing_schema(error: DBAPIError) -> bool:
 pass_context = click.make_pass_decorator(Context)
 
 
+def audit_admin(db: Session, event: str, **fields: Any) -> None:
+    """Record an administrative action in the audit log (actor "cli")."""
+    from app import audit
+
+    audit.record(db=db, event=event, now=utcnow(), actor="cli", **fields)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.option(
     "--database-url", metavar="URL", help="Use this database instead of BATON_DATABASE_URL."
@@ -256,6 +263,7 @@ def bootstrap(ctx: Context, username: str) -> None:
             click.echo("users exist already; nothing to do")
             return
         users.create(db=db, username=username, password_hash=hash_password(password), now=utcnow())
+        audit_admin(db, "admin.user_created", username=username, bootstrap=True)
     click.echo(f"created user {username!r} with password {password!r} (shown only once)")
 
 

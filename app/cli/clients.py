@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from app import clients
-from app.cli._base import Context, echo_json, iso, main, pass_context, table
+from app.cli._base import Context, audit_admin, echo_json, iso, main, pass_context, table
 from app.db import utcnow
 from app.models import Client
 
@@ -80,6 +80,7 @@ def clients_add(
         except clients.InvalidClientMetadata as error:
             raise click.ClickException(str(error)) from None
         client_id = registered.client.client_id
+        audit_admin(db, "admin.client_created", client_id=client_id, name=registered.client.name)
     if as_json:
         click.echo(json.dumps({"client_id": client_id, "client_secret": registered.secret}))
         return
@@ -168,6 +169,7 @@ def clients_update(
             )
         except clients.InvalidClientMetadata as error:
             raise click.ClickException(str(error)) from None
+        audit_admin(db, "admin.client_updated", client_id=client_id)
     click.echo(f"updated client {client_id}")
 
 
@@ -183,6 +185,7 @@ def clients_rotate_secret(ctx: Context, client_id: str, as_json: bool) -> None:
             secret = clients.rotate_secret(db=db, client_id=client_id)
         except clients.InvalidClientMetadata as error:
             raise click.ClickException(str(error)) from None
+        audit_admin(db, "admin.client_secret_rotated", client_id=client_id)
     if as_json:
         click.echo(json.dumps({"client_id": client_id, "client_secret": secret}))
         return
@@ -197,4 +200,5 @@ def clients_remove(ctx: Context, client_id: str) -> None:
     with ctx.transaction() as db:
         if not clients.remove(db=db, client_id=client_id):
             raise click.ClickException(f"no client with id {client_id!r}")
+        audit_admin(db, "admin.client_removed", client_id=client_id)
     click.echo(f"removed client {client_id}")

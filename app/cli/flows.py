@@ -14,6 +14,7 @@ from app.cli._base import (
     Context,
     as_duration,
     as_since,
+    audit_admin,
     coloured,
     echo_json,
     human,
@@ -239,6 +240,8 @@ def flows_revoke(
             for flow_id, status in statuses.items():
                 if flow_id not in revoked:
                     click.echo(f"flow {flow_id} is {status}; nothing to revoke")
+        if revoked:
+            audit_admin(db, "admin.flows_revoked", client_id=client_id, flows=revoked)
     click.echo(f"revoked {len(revoked)} flow(s)" + (": " + " ".join(revoked) if revoked else ""))
 
 

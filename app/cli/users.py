@@ -11,6 +11,7 @@ import click
 from app import sessions, users
 from app.cli._base import (
     Context,
+    audit_admin,
     coloured,
     echo_json,
     human,
@@ -72,6 +73,7 @@ def users_add(ctx: Context, name: str, password_stdin: bool) -> None:
             users.create(db=db, username=name, password_hash=password_hash, now=utcnow())
         except users.UserExists:
             raise click.ClickException(f"user {name!r} already exists") from None
+        audit_admin(db, "admin.user_created", username=name)
     click.echo(f"created user {name}")
 
 
@@ -136,6 +138,7 @@ def users_passwd(ctx: Context, name: str, password_stdin: bool) -> None:
     with ctx.transaction() as db:
         user = users.set_password(db=db, username=name, password_hash=password_hash, now=now)
         ended = sessions.revoke_all_for_user(db=db, user_id=user.id, now=now)
+        audit_admin(db, "admin.password_changed", username=name, sessions_ended=ended)
     click.echo(f"changed the password of {name}; ended {ended} session(s)")
 
 
@@ -149,6 +152,7 @@ def users_disable(ctx: Context, name: str) -> None:
         user = _require(db, name)
         user.disabled = True
         ended = sessions.revoke_all_for_user(db=db, user_id=user.id, now=now)
+        audit_admin(db, "admin.user_disabled", username=name, sessions_ended=ended)
     click.echo(f"disabled user {name}; ended {ended} session(s)")
 
 
@@ -159,6 +163,7 @@ def users_enable(ctx: Context, name: str) -> None:
     """Allow user NAME to sign in again."""
     with ctx.transaction() as db:
         _require(db, name).disabled = False
+        audit_admin(db, "admin.user_enabled", username=name)
     click.echo(f"enabled user {name}")
 
 
@@ -174,6 +179,7 @@ def users_remove(ctx: Context, name: str, yes: bool) -> None:
         click.confirm(f"Delete user {name!r} and everything issued to them?", abort=True)
     with ctx.transaction() as db:
         users.remove(db=db, username=name)
+        audit_admin(db, "admin.user_removed", username=name)
     click.echo(f"removed user {name}")
 
 
@@ -223,6 +229,7 @@ def users_logout(ctx: Context, name: str) -> None:
     with ctx.transaction() as db:
         user = _require(db, name)
         ended = sessions.revoke_all_for_user(db=db, user_id=user.id, now=utcnow())
+        audit_admin(db, "admin.user_logged_out", username=name, sessions_ended=ended)
     click.echo(f"ended {ended} session(s) of {name}")
 
 
@@ -252,6 +259,7 @@ def users_import(ctx: Context, file: Path, as_json: bool) -> None:
                 report["existing"].append(username)
             else:
                 report["created"].append(username)
+                audit_admin(db, "admin.user_created", username=username, imported_from=file.name)
     if as_json:
         echo_json(report)
         return

@@ -8,7 +8,7 @@ from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, OAuth
 from authlib.oauth2.rfc7636 import CodeChallenge
 from sqlalchemy import select, update
 
-from app import tokens
+from app import audit, tokens
 from app.models import AuthorizationCode, User
 
 if TYPE_CHECKING:
@@ -48,6 +48,16 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
         now = self.server.clock()
         data = request.payload.data
+        audit.record(
+            db=self.server.db,
+            event="code.issued",
+            now=now,
+            username=request.user.username,
+            client_id=request.client.client_id,
+            ip=getattr(request, "ip", None),
+            request_id=getattr(request, "request_id", None),
+            scope=request.scope or "",
+        )
         self.server.db.add(
             AuthorizationCode(
                 code_hash=tokens.digest(code),

@@ -39,6 +39,8 @@ def _oauth_request(
         headers=request.headers,
         query=request.query_params.multi_items() if form is None else [],
         form=form or [],
+        ip=request.client.host if request.client else None,
+        request_id=request.scope.get("state", {}).get("request_id"),
     )
 
 

@@ -24,7 +24,7 @@ from authlib.oauth2.rfc6749 import (
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from sqlalchemy.orm import Session
 
-from app import clients, flows, sessions, tokens
+from app import audit, clients, flows, sessions, tokens
 from app.db import Database
 from app.models import Token
 from app.oauth.clients import OAuthClient
@@ -74,9 +74,14 @@ class BatonOAuth2Request(OAuth2Request):
         headers: Mapping[str, str],
         query: Sequence[tuple[str, str]],
         form: Sequence[tuple[str, str]] = (),
+        ip: str | None = None,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(method, uri, headers=headers)
         self.payload = _Payload([*query, *form])
+        # For the audit log only.
+        self.ip = ip
+        self.request_id = request_id
         self._query = dict(query)
         self._form = dict(form)
 
@@ -138,6 +143,17 @@ class BatonAuthorizationServer(AuthorizationServer):
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         now = self.clock()
+        audit.record(
+            db=self.db,
+            event="token.issued",
+            now=now,
+            username=request.user.username if request.user is not None else None,
+            client_id=request.client.client_id,
+            ip=getattr(request, "ip", None),
+            request_id=getattr(request, "request_id", None),
+            scope=token.get("scope", ""),
+            with_refresh_token="refresh_token" in token,
+        )
         code = request.authorization_code
         refresh = token.get("refresh_token")
         self.db.add(
@@ -189,7 +205,12 @@ class BatonAuthorizationServer(AuthorizationServer):
                 grant = _guard(lambda: self.get_consent_grant(request, end_user=None))
             except OAuth2Error as error:
                 return _response(self.handle_error_response(request, error))
-            user = sessions.current_user(db=db, secret=session_secret, now=now)
+            user = sessions.current_user(
+                db=db,
+                secret=session_secret,
+                now=now,
+                idle_timeout=self.settings.session_idle_timeout,
+            )
             if user is not None:
                 return _response(
                     self.create_authorization_response(request, grant_user=user, grant=grant)
@@ -205,6 +226,16 @@ class BatonAuthorizationServer(AuthorizationServer):
                 ttl=self.settings.flow_ttl,
                 ip=ip,
                 user_agent=user_agent,
+            )
+            audit.record(
+                db=db,
+                event="flow.created",
+                now=now,
+                client_id=request.client.client_id,
+                ip=ip,
+                request_id=request.request_id,
+                flow=flow.row.public_id,
+                scope=request.scope,
             )
             login_url = self.settings.login_url
             separator = "&" if "?" in login_url else "?"
