@@ -138,6 +138,7 @@ class Settings:
     purge_interval: timedelta | None = timedelta(minutes=10)
     purge_age: timedelta = timedelta(hours=24)
     max_body_bytes: int = 64 * 1024
+    max_connections: int = 1000
     session_idle_timeout: timedelta | None = timedelta(hours=8)
     throttle_user_failures: int = 5
     throttle_ip_failures: int = 20
@@ -202,6 +203,7 @@ _PARSERS = {
     "purge_interval": _duration_or_off,
     "purge_age": parse_duration,
     "max_body_bytes": _positive_int,
+    "max_connections": _positive_int,
     "session_idle_timeout": _duration_or_off,
     "throttle_user_failures": _positive_int,
     "throttle_ip_failures": _positive_int,

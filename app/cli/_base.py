@@ -243,6 +243,14 @@ def serve(ctx: Context, host: str, port: int) -> None:
         access_log=False,
         proxy_headers=False,
         server_header=False,
+        # Bounded resources: connections beyond the limit get 503 at once,
+        # idle keep-alive connections are closed after a few seconds, and
+        # request heads are capped, so slow or greedy clients cannot hold
+        # the worker. A reverse proxy should still enforce read timeouts.
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=16 * 1024,
+        timeout_graceful_shutdown=30,
     )
 
 
