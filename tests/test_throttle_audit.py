@@ -262,3 +262,37 @@ def test_unknown_disabled_and_wrong_cost_the_same(
     reference = medians["wrong"]
     for median in medians.values():
         assert abs(median - reference) / reference < 0.5, medians
+
+
+@pytest.mark.parametrize("ending", ["logout", "expiry", "idle", "users logout", "disable"])
+def test_authorize_ignores_an_ended_session(
+    client: TestClient, database: Database, database_url: str, clock: Clock, ending: str
+) -> None:
+    create_user(database)
+    app = create_client(database)
+    assert attempt(client, "alice", PASSWORD).status_code == 200
+    secret = client.cookies["session_id"]
+    with_session = client.get(
+        "/oauth2/authorize", params=authorize_params(app, pkce()), follow_redirects=False
+    )
+    assert with_session.headers["location"].startswith(app.redirect_uri)
+    if ending == "logout":
+        client.post("/api/v1/logout")
+        client.cookies.set("session_id", secret, domain="baton.test")
+    elif ending == "expiry":
+        clock.advance(timedelta(hours=24, seconds=1))
+    elif ending == "idle":
+        clock.advance(timedelta(hours=8, seconds=1))
+    else:
+        args = (
+            ["users", "logout", "alice"]
+            if ending == "users logout"
+            else ["users", "disable", "alice"]
+        )
+        result = CliRunner().invoke(baton, ["--database-url", database_url, *args])
+        assert result.exit_code == 0, result.output
+    paused = client.get(
+        "/oauth2/authorize", params=authorize_params(app, pkce()), follow_redirects=False
+    )
+    assert paused.headers["location"].startswith("/login?redirection_token=")
+    assert client.get("/api/v1/users/me").status_code == 401
