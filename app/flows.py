@@ -68,11 +68,24 @@ def create(
     return NewFlow(token=token, row=row)
 
 
+def _binding_matches(binding_hash: str | None) -> ColumnElement[bool]:
+    """A flow bound to a browser is usable only with that browser's binding."""
+    if binding_hash is None:
+        return PendingFlow.binding_hash.is_(None)
+    return or_(PendingFlow.binding_hash.is_(None), PendingFlow.binding_hash == binding_hash)
+
+
 def consume(
-    *, db: Session, token: str, user_id: int, now: datetime, kind: str = KIND_LOGIN
+    *,
+    db: Session,
+    token: str,
+    user_id: int,
+    now: datetime,
+    kind: str = KIND_LOGIN,
+    binding_hash: str | None = None,
 ) -> ConsumedFlow | None:
     """Consume the flow behind ``token`` for ``user_id``, or return ``None`` when
-    it is unknown, expired, revoked or already consumed.
+    it is unknown, expired, revoked, already consumed, or bound to another browser.
 
     One statement decides: the row lock taken by the UPDATE makes concurrent
     callers wait, then re-check ``consumed_at IS NULL`` and find it set.
@@ -87,6 +100,7 @@ def consume(
             PendingFlow.consumed_at.is_(None),
             PendingFlow.revoked_at.is_(None),
             PendingFlow.expires_at > now,
+            _binding_matches(binding_hash),
         )
         .values(consumed_at=now, consumed_by=user_id)
         .returning(
@@ -99,12 +113,111 @@ def consume(
     ).one_or_none()
     if row is None:
         return None
-    client_id = db.scalar(select(Client.client_id).where(Client.id == row.client_pk))
+    return _consumed(db, row.id, row.public_id, row.redir_to, row.client_pk)
+
+
+def _consumed(db: Session, id: int, public_id: str, redir_to: str, client_pk: int) -> ConsumedFlow:
+    client_id = db.scalar(select(Client.client_id).where(Client.id == client_pk))
     return ConsumedFlow(
-        id=row.id,
-        public_id=row.public_id,
-        redir_to=redirects.rebuild(row.redir_to),
-        client_id=client_id or "",
+        id=id, public_id=public_id, redir_to=redirects.rebuild(redir_to), client_id=client_id or ""
+    )
+
+
+def recently_consumed(
+    *,
+    db: Session,
+    token: str,
+    user_id: int,
+    binding_hash: str | None,
+    now: datetime,
+    grace: timedelta,
+) -> ConsumedFlow | None:
+    """The flow this same browser and user consumed within ``grace``: a retried
+    login (double click, lost response) gets the same answer, not an error.
+    Anyone else (another browser, another user) gets nothing."""
+    if binding_hash is None or len(token) > MAX_TOKEN_LENGTH:
+        return None
+    flow = db.scalar(
+        select(PendingFlow).where(
+            PendingFlow.token_hash == tokens.digest(token),
+            PendingFlow.binding_hash == binding_hash,
+            PendingFlow.consumed_by == user_id,
+            PendingFlow.consumed_at > now - grace,
+            PendingFlow.revoked_at.is_(None),
+            PendingFlow.resumed_at.is_(None),
+        )
+    )
+    if flow is None:
+        return None
+    return _consumed(db, flow.id, flow.public_id, flow.redir_to, flow.client_pk)
+
+
+def mark_resumed(
+    *, db: Session, public_id: str, user_id: int, client_pk: int, now: datetime
+) -> bool:
+    """Record that the resume URL of a consumed flow issued its code; true once."""
+    result = db.execute(
+        update(PendingFlow)
+        .where(
+            PendingFlow.public_id == public_id,
+            PendingFlow.consumed_by == user_id,
+            PendingFlow.client_pk == client_pk,
+            PendingFlow.consumed_at.is_not(None),
+            PendingFlow.resumed_at.is_(None),
+        )
+        .values(resumed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+@dataclass(frozen=True, slots=True)
+class FlowView:
+    """What a login page may learn about a redirection token."""
+
+    status: str  # pending | expired | consumed | completed | unknown
+    client_id: str | None = None
+    client_name: str | None = None
+    scopes: tuple[str, ...] = ()
+    expires_at: datetime | None = None
+    restart_path: str | None = None
+
+
+def describe(*, db: Session, token: str, binding_hash: str | None, now: datetime) -> FlowView:
+    """Tell a login page whether ``token`` is usable, and where to restart if not.
+
+    The restart path is only ever the flow's own authorization request,
+    rebuilt by the server, and only for the browser the flow is bound to: a
+    token copied elsewhere learns nothing.
+    """
+    if len(token) > MAX_TOKEN_LENGTH:
+        return FlowView("unknown")
+    row = db.execute(
+        select(PendingFlow, Client.client_id, Client.name)
+        .join(Client, PendingFlow.client_pk == Client.id)
+        .where(PendingFlow.token_hash == tokens.digest(token), _binding_matches(binding_hash))
+    ).one_or_none()
+    if row is None:
+        return FlowView("unknown")
+    flow, client_id, client_name = row
+    status = status_of(flow, now)
+    if status == "revoked":
+        return FlowView("unknown")
+    restart: str | None = redirects.rebuild(flow.redir_to)
+    if status == "consumed" and flow.resumed_at is not None:
+        status, restart = "completed", None
+    elif status == "expired":
+        # A fresh start of the same request: authorize pauses it again.
+        restart = redirects.without_flow(flow.redir_to)
+    elif status == "pending":
+        restart = None
+    return FlowView(
+        status=status,
+        client_id=client_id,
+        client_name=client_name,
+        scopes=tuple((flow.request.get("scope") or "").split()),
+        expires_at=flow.expires_at,
+        restart_path=restart,
     )
 
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import timedelta
 
 from anyio import to_thread
 
 from app import audit, flows, problems, sessions, throttle, users
 from app.problems import Problem
 from app.services import Services
+
+# A login retried by the same browser and user this soon after the flow was
+# consumed (a double click, a lost response) gets the same redir_to again.
+RETRY_GRACE = timedelta(seconds=60)
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +26,7 @@ class Attempt:
     ip: str | None
     user_agent: str | None
     request_id: str | None = None
+    binding_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,10 +120,25 @@ def _open_session(
     now = services.clock()
     with services.database.transaction() as db:
         flow = None
+        retried = False
         if attempt.redirection_token is not None:
             flow = flows.consume(
-                db=db, token=attempt.redirection_token, user_id=account.id, now=now
+                db=db,
+                token=attempt.redirection_token,
+                user_id=account.id,
+                now=now,
+                binding_hash=attempt.binding_hash,
             )
+            if flow is None:
+                flow = flows.recently_consumed(
+                    db=db,
+                    token=attempt.redirection_token,
+                    user_id=account.id,
+                    binding_hash=attempt.binding_hash,
+                    now=now,
+                    grace=RETRY_GRACE,
+                )
+                retried = flow is not None
             if flow is None:
                 # Raising rolls the transaction back: no session, nothing changed.
                 raise problems.flow_not_found()
@@ -144,6 +165,7 @@ def _open_session(
             ip=attempt.ip,
             request_id=attempt.request_id,
             flow=flow.public_id if flow else None,
+            retried=retried,
             hash_upgraded=upgraded_hash is not None,
         )
     return LoggedIn(session_secret=session.secret, redir_to=flow.redir_to if flow else None)

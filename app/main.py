@@ -12,6 +12,7 @@ from datetime import datetime
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
@@ -19,6 +20,7 @@ from app import clients, pages
 from app.api import routes as api_routes
 from app.db import Database, utcnow
 from app.middleware import (
+    ApiGuardMiddleware,
     BodyLimitMiddleware,
     BodyTooLarge,
     RequestIdMiddleware,
@@ -70,6 +72,16 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow) ->
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(SecurityHeadersMiddleware),
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_credentials=True,
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Content-Type", "Authorization"],
+                expose_headers=["X-Request-ID", "Retry-After"],
+                max_age=600,
+            ),
+            Middleware(ApiGuardMiddleware, allowed_origins=settings.allowed_origins),
             Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes),
         ],
         exception_handlers={

@@ -7,7 +7,8 @@ import logging
 import time
 import uuid
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("baton.access")
@@ -128,3 +129,59 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class ApiGuardMiddleware:
+    """Login-CSRF defence for ``/api/v1``: a request that changes state must
+    carry a JSON body or none (a cross-site HTML form cannot send JSON without a
+    CORS preflight) and, when a browser says where it comes from (``Origin``),
+    come from Baton itself or an origin in ``BATON_CORS_ORIGINS``. Non-browser
+    clients send no ``Origin`` and pass."""
+
+    def __init__(self, app: ASGIApp, allowed_origins: frozenset[str]) -> None:
+        self.app = app
+        self.allowed_origins = allowed_origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or not scope["path"].startswith("/api/")
+            or scope["method"] in SAFE_METHODS
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        if origin is not None and origin not in self.allowed_origins:
+            await _problem(
+                scope, receive, send, 403, "forbidden", "This origin may not call Baton."
+            )
+            return
+        # A body must be JSON; HTML forms can only send form encodings or text.
+        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        has_body = "content-type" in headers or headers.get("content-length", "0") != "0"
+        if has_body and content_type != "application/json":
+            await _problem(
+                scope,
+                receive,
+                send,
+                415,
+                "validation_error",
+                "Send the request as application/json.",
+            )
+            return
+        await self.app(scope, receive, send)
+
+
+async def _problem(
+    scope: Scope, receive: Receive, send: Send, status: int, kind: str, title: str
+) -> None:
+    body: dict[str, object] = {"type": kind, "title": title, "status": status}
+    request_id = scope.get("state", {}).get("request_id")
+    if request_id:
+        body["request_id"] = request_id
+    response = JSONResponse(body, status_code=status, media_type="application/problem+json")
+    await response(scope, receive, send)

@@ -74,6 +74,9 @@ class PendingFlow(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     consumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the resume URL issued its authorization code: a second visit (the
+    # back button) must not issue another one.
+    resumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     consumed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     requester_ip: Mapped[str | None] = mapped_column(String(64))
     requester_agent: Mapped[str | None] = mapped_column(String(512))

@@ -24,6 +24,7 @@ RESUMABLE_PARAMETERS = (
     "code_challenge",
     "code_challenge_method",
     "nonce",
+    "flow",  # the public id of the pending flow this URL resumes
 )
 
 
@@ -37,3 +38,11 @@ def rebuild(stored: str) -> str:
     """Re-derive a resume path from a stored one, whatever it contains."""
     query = urlsplit(stored).query if stored.startswith(AUTHORIZE_PATH + "?") else ""
     return resume_path(dict(parse_qsl(query, keep_blank_values=True)))
+
+
+def without_flow(path: str) -> str:
+    """The same authorization request, no longer tied to a pending flow."""
+    query = urlsplit(path).query if path.startswith(AUTHORIZE_PATH + "?") else ""
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    params.pop("flow", None)
+    return resume_path(params)

@@ -107,6 +107,27 @@ def _login_url(text: str) -> str:
     return url
 
 
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    """Exact origins (``https://login.example.com``), comma- or space-separated.
+    No wildcard: these origins may call the API with the user's cookies."""
+    found = []
+    for item in text.replace(",", " ").split():
+        parts = urlsplit(item)
+        if item == "*" or "*" in item:
+            raise ValueError("wildcards are not allowed: list exact origins")
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ValueError(f"expected an origin such as https://login.example.com, got {item!r}")
+        if parts.path not in {"", "/"} or parts.query or parts.fragment:
+            raise ValueError(f"an origin has no path, query or fragment: {item!r}")
+        found.append(origin_of(item))
+    return tuple(dict.fromkeys(found))
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -139,6 +160,7 @@ class Settings:
     purge_age: timedelta = timedelta(hours=24)
     max_body_bytes: int = 64 * 1024
     max_connections: int = 1000
+    cors_origins: tuple[str, ...] = ()
     session_idle_timeout: timedelta | None = timedelta(hours=8)
     throttle_user_failures: int = 5
     throttle_ip_failures: int = 20
@@ -158,7 +180,19 @@ class Settings:
                 values[name] = parse(raw)
             except ValueError as error:
                 raise SettingsError(f"{variable}: {error}") from None
-        return cls(**values)  # type: ignore[arg-type]
+        settings = cls(**values)  # type: ignore[arg-type]
+        login_origin = origin_of(settings.login_url) if "://" in settings.login_url else None
+        if login_origin and login_origin not in settings.allowed_origins:
+            raise SettingsError(
+                f"BATON_LOGIN_URL is on {login_origin}, which BATON_CORS_ORIGINS must list "
+                "so that the login page may call /api/v1"
+            )
+        return settings
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        """Origins whose browsers may change state through /api/v1."""
+        return frozenset({origin_of(self.public_url), *self.cors_origins})
 
     @property
     def throttle(self) -> Policy:
@@ -204,6 +238,7 @@ _PARSERS = {
     "purge_age": parse_duration,
     "max_body_bytes": _positive_int,
     "max_connections": _positive_int,
+    "cors_origins": _origins,
     "session_idle_timeout": _duration_or_off,
     "throttle_user_failures": _positive_int,
     "throttle_ip_failures": _positive_int,

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from app.db import Database
 from app.models import BrowserSession, PendingFlow
 from tests.conftest import PostgresServer
-from tests.factories import query_of
+from tests.factories import create_user, query_of
 from tests.servers import Server, serving
 
 PASSWORD = "e2e password, long enough"
@@ -141,15 +141,25 @@ def test_twenty_concurrent_logins_one_token_one_winner(
     )
     paused = requests.get(url, allow_redirects=False, timeout=10)
     token = query_of(paused.headers["location"])["redirection_token"]
+    binding = paused.cookies["baton_binding"]
+    # Twenty people racing for one flow from the browser that started it: the
+    # same-user retry grace cannot blur the race when every login is another user.
+    database = Database(fresh_database_url)
+    try:
+        for n in range(20):
+            create_user(database, f"racer{n}", PASSWORD)
+    finally:
+        database.dispose()
 
     start = Barrier(20)
 
-    def attempt(_: int) -> requests.Response:
-        with requests.Session() as browser:  # each its own cookie jar
+    def attempt(n: int) -> requests.Response:
+        with requests.Session() as browser:  # each its own cookie jar, same binding
+            browser.cookies.set("baton_binding", binding)
             start.wait()
             return browser.post(
                 server.url + "/api/v1/login",
-                json={"username": "alice", "password": PASSWORD, "redirection_token": token},
+                json={"username": f"racer{n}", "password": PASSWORD, "redirection_token": token},
                 timeout=60,
             )
 

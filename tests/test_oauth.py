@@ -222,8 +222,10 @@ def test_authorize_without_session_pauses_the_request(
         assert flow.token_hash == tokens.digest(token)
         assert flow.client_pk == expected_client_pk
         assert flow.redir_to.startswith("/oauth2/authorize?")
-        assert dict(parse_qsl(urlsplit(flow.redir_to).query)) == params
+        resumed = dict(parse_qsl(urlsplit(flow.redir_to).query))
+        assert resumed == params | {"flow": flow.public_id}
         assert "foo=" not in flow.redir_to
+        assert flow.binding_hash is not None
         assert flow.created_at == clock.now
         assert flow.expires_at == flow.created_at + settings.flow_ttl
         assert flow.consumed_at is None

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app import audit, problems, sessions
+from app import audit, bindings, flows, problems, sessions
 from app.api.schemas import LoginRequest, parse
 from app.login import Attempt, log_in
 from app.models import User
@@ -38,6 +38,7 @@ async def login(request: Request) -> Response:
         ip=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent"),
         request_id=request.scope.get("state", {}).get("request_id"),
+        binding_hash=bindings.hash_of(request.cookies.get(bindings.COOKIE_NAME)),
     )
     try:
         result = await log_in(services, attempt)
@@ -55,6 +56,42 @@ async def login(request: Request) -> Response:
         samesite="lax",
     )
     return response
+
+
+async def login_flow(request: Request) -> Response:
+    """What a login page may know about its redirection token before posting."""
+    services = services_of(request)
+    token = request.query_params.get("redirection_token")
+    if not token:
+        raise problems.validation_error(
+            "The redirection_token query parameter is required.",
+            problems.InvalidField(
+                name="redirection_token",
+                error="invalid_value",
+                title="This parameter is required.",
+                pointer="/redirection_token",
+            ),
+        )
+    binding_hash = bindings.hash_of(request.cookies.get(bindings.COOKIE_NAME))
+
+    def lookup() -> flows.FlowView:
+        with services.database.transaction() as db:
+            return flows.describe(
+                db=db, token=token, binding_hash=binding_hash, now=services.clock()
+            )
+
+    view = await to_thread.run_sync(lookup)
+    now = services.clock()
+    document: dict[str, Any] = {"status": view.status}
+    if view.client_id is not None:
+        document["client"] = {"client_id": view.client_id, "name": view.client_name}
+        document["scopes"] = list(view.scopes)
+    if view.status == "pending" and view.expires_at is not None:
+        document["expires_at"] = view.expires_at.isoformat()
+        document["expires_in"] = max(0, int((view.expires_at - now).total_seconds()))
+    if view.restart_path is not None:
+        document["restart_url"] = view.restart_path
+    return JSONResponse(document, headers=NO_STORE)
 
 
 async def logout(request: Request) -> Response:
@@ -135,6 +172,7 @@ async def openapi(request: Request) -> Response:
 
 routes = [
     Route("/api/v1/login", login, methods=["POST"]),
+    Route("/api/v1/login/flow", login_flow, methods=["GET"]),
     Route("/api/v1/logout", logout, methods=["POST"]),
     Route("/api/v1/users/me", me, methods=["GET"]),
     Route("/api/v1/openapi.json", openapi, methods=["GET"]),

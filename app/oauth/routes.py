@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from app import sessions
+from app import bindings, sessions, tokens
 from app.oauth.server import BatonOAuth2Request, OAuthResponse
 from app.services import Services
 
@@ -65,8 +65,8 @@ def _error_page(response: OAuthResponse) -> Response:
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         "<title>Authorization error</title>"
         '<link rel=stylesheet href="/static/baton.css"></head><body><main class=card>'
-        f"<h1>The application sent an invalid request</h1><p>{description}</p>"
-        f"<p><code>{error}</code></p><p>Go back to the application and try again.</p>"
+        f"<h1>This sign-in cannot continue</h1><p>{description}</p>"
+        f"<p><code>{error}</code></p><p>Go back to the application and start again.</p>"
         "</main></body></html>"
     )
     return HTMLResponse(page, status_code=response.status, headers={"Cache-Control": "no-store"})
@@ -75,15 +75,20 @@ def _error_page(response: OAuthResponse) -> Response:
 async def authorize(request: Request) -> Response:
     services = _services(request)
     oauth_request = _oauth_request(request, services)
+    binding = bindings.from_cookie(request.cookies.get(bindings.COOKIE_NAME)) or tokens.new_secret()
     response = await to_thread.run_sync(
         lambda: services.oauth.authorize(
             oauth_request,
             session_secret=request.cookies.get(sessions.COOKIE_NAME),
+            binding_secret=binding,
             ip=request.client.host if request.client else None,
             user_agent=request.headers.get("user-agent"),
         )
     )
-    return _to_http(response, request, for_people=True)
+    answer = _to_http(response, request, for_people=True)
+    if response.flow_created:
+        bindings.set_cookie(answer, binding, services.settings)
+    return answer
 
 
 async def token(request: Request) -> Response:

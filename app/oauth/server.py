@@ -41,10 +41,17 @@ class OAuthResponse:
     status: int
     body: dict[str, Any] | str
     headers: list[tuple[str, str]] = field(default_factory=list)
+    flow_created: bool = False
 
     @property
     def location(self) -> str | None:
         return next((v for k, v in self.headers if k.lower() == "location"), None)
+
+
+ALREADY_COMPLETED = {
+    "error": "invalid_request",
+    "error_description": "This sign-in was already completed. Return to the application.",
+}
 
 
 class _Payload(OAuth2Payload):
@@ -190,6 +197,7 @@ class BatonAuthorizationServer(AuthorizationServer):
         request: BatonOAuth2Request,
         *,
         session_secret: str | None,
+        binding_secret: str,
         ip: str | None,
         user_agent: str | None,
     ) -> OAuthResponse:
@@ -197,7 +205,9 @@ class BatonAuthorizationServer(AuthorizationServer):
 
         An invalid request is answered here, redirected to the client only when
         authlib has validated its redirect URI (§4.1.2.1). A valid request from
-        a browser without a session is paused as a pending flow.
+        a browser without a session is paused as a pending flow bound to
+        ``binding_secret`` (the browser's binding cookie). The resume URL of a
+        consumed flow issues its code once; a second visit gets an explanation.
         """
         now = self.clock()
         with self._unit_of_work() as db:
@@ -211,22 +221,35 @@ class BatonAuthorizationServer(AuthorizationServer):
                 now=now,
                 idle_timeout=self.settings.session_idle_timeout,
             )
+            params = request.payload.data
+            resumed_flow = params.get("flow")
             if user is not None:
+                if resumed_flow is not None and not flows.mark_resumed(
+                    db=db,
+                    public_id=resumed_flow,
+                    user_id=user.id,
+                    client_pk=request.client.pk,
+                    now=now,
+                ):
+                    return OAuthResponse(400, ALREADY_COMPLETED)
                 return _response(
                     self.create_authorization_response(request, grant_user=user, grant=grant)
                 )
-            params = request.payload.data
+            kept = {name: params[name] for name in RESUMABLE_PARAMETERS if name in params}
+            kept.pop("flow", None)
             flow = flows.create(
                 db=db,
                 client_pk=request.client.pk,
-                request={name: params[name] for name in RESUMABLE_PARAMETERS if name in params}
-                | {"scope": request.scope},
-                redir_to=resume_path(params),
+                request=kept | {"scope": request.scope},
+                redir_to=resume_path(kept),
                 now=now,
                 ttl=self.settings.flow_ttl,
+                binding_hash=tokens.digest(binding_secret),
                 ip=ip,
                 user_agent=user_agent,
             )
+            # The resume URL names its flow, so that it can issue a code only once.
+            flow.row.redir_to = resume_path(kept | {"flow": flow.row.public_id})
             audit.record(
                 db=db,
                 event="flow.created",
@@ -240,7 +263,7 @@ class BatonAuthorizationServer(AuthorizationServer):
             login_url = self.settings.login_url
             separator = "&" if "?" in login_url else "?"
             location = login_url + separator + urlencode({"redirection_token": flow.token})
-            return OAuthResponse(302, "", [("Location", location)])
+            return OAuthResponse(302, "", [("Location", location)], flow_created=True)
 
     def token(self, request: BatonOAuth2Request) -> OAuthResponse:
         """``POST /oauth2/token`` (RFC 6749 §4.1.3). Nothing is written unless a
