@@ -8,7 +8,9 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint types unit clean
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: run test lint types unit browser fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Baton needs Python 3.11 or newer"'
@@ -41,8 +43,27 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) browser
 	$(BIN)/pytest
+
+# The browser tests drive Debian's Chromium with Playwright (no browser
+# download). Installed here when missing and we may (root with apt-get);
+# otherwise those tests skip, unless BATON_TEST_BROWSER=required (CI).
+browser:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q chromium >/dev/null 2>&1 \
+	      || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null); \
+	  else \
+	    echo "note: $(CHROMIUM) is missing; browser tests will skip (apt-get install chromium)"; \
+	  fi; \
+	fi
+
+# A longer property-based and fuzzing run than make test's.
+fuzz: $(STAMP)
+	BATON_FUZZ_EXAMPLES=1000 $(BIN)/pytest tests/test_fuzz_api.py tests/test_flow_model.py tests/test_hardening.py tests/test_oauth_malformed.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache test-artifacts

@@ -28,6 +28,13 @@ async def login_page(request: Request) -> Response:
     return _page("login.html")
 
 
+async def theme(request: Request) -> Response:
+    """The operator's stylesheet (BATON_THEME_CSS), loaded after Baton's own."""
+    services: Services = request.app.state.services
+    path = services.settings.theme_css or STATIC / "theme.css"
+    return FileResponse(path, media_type="text/css", headers={"Cache-Control": "no-cache"})
+
+
 async def home(request: Request) -> Response:
     services: Services = request.app.state.services
     return RedirectResponse("/demo" if services.settings.demo else "/login", status_code=302)
@@ -55,6 +62,7 @@ def routes(*, demo: bool) -> list[Route | Mount]:
     found: list[Route | Mount] = [
         Route("/", home, methods=["GET"]),
         Route("/login", login_page, methods=["GET"]),
+        Route("/theme.css", theme, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     if demo:

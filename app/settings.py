@@ -128,6 +128,13 @@ def _origins(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
+def _readable_file(text: str) -> str:
+    path = os.path.expanduser(text.strip())
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise ValueError(f"no readable file at {text!r}")
+    return path
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -161,6 +168,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     max_connections: int = 1000
     cors_origins: tuple[str, ...] = ()
+    theme_css: str | None = None
     session_idle_timeout: timedelta | None = timedelta(hours=8)
     throttle_user_failures: int = 5
     throttle_ip_failures: int = 20
@@ -239,6 +247,7 @@ _PARSERS = {
     "max_body_bytes": _positive_int,
     "max_connections": _positive_int,
     "cors_origins": _origins,
+    "theme_css": _readable_file,
     "session_idle_timeout": _duration_or_off,
     "throttle_user_failures": _positive_int,
     "throttle_ip_failures": _positive_int,
