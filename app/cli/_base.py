@@ -88,6 +88,7 @@ def _missing_schema(error: DBAPIError) -> bool:
 
 
 pass_context = click.make_pass_decorator(Context)
+as_json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 
 
 def audit_admin(db: Session, event: str, **fields: Any) -> None:

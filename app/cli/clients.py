@@ -8,11 +8,18 @@ from typing import Any
 import click
 
 from app import clients
-from app.cli._base import Context, audit_admin, echo_json, iso, main, pass_context, table
+from app.cli._base import (
+    Context,
+    as_json_option,
+    audit_admin,
+    echo_json,
+    iso,
+    main,
+    pass_context,
+    table,
+)
 from app.db import utcnow
 from app.models import Client
-
-AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 
 
 def _document(client: Client) -> dict[str, Any]:
@@ -90,7 +97,7 @@ def clients_add(
 
 
 @clients_group.command("list")
-@AS_JSON
+@as_json_option
 @pass_context
 def clients_list(ctx: Context, as_json: bool) -> None:
     """List clients, with where each came from (cli, dcr, demo)."""
@@ -117,7 +124,7 @@ def clients_list(ctx: Context, as_json: bool) -> None:
 
 @clients_group.command("show")
 @click.argument("client_id")
-@AS_JSON
+@as_json_option
 @pass_context
 def clients_show(ctx: Context, client_id: str, as_json: bool) -> None:
     """Show one client (never its secret)."""
@@ -175,7 +182,7 @@ def clients_update(
 
 @clients_group.command("rotate-secret")
 @click.argument("client_id")
-@AS_JSON
+@as_json_option
 @pass_context
 def clients_rotate_secret(ctx: Context, client_id: str, as_json: bool) -> None:
     """Give a confidential client a new secret; the old one stops working at once."""

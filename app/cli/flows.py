@@ -13,6 +13,7 @@ from app import clients, flows
 from app.cli._base import (
     Context,
     as_duration,
+    as_json_option,
     as_since,
     audit_admin,
     coloured,
@@ -27,8 +28,6 @@ from app.db import Database, utcnow
 from app.models import BrowserSession
 from app.purge import BATCH_SIZE, purge
 from app.settings import format_duration
-
-AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 
 
 def summary_document(summary: flows.FlowSummary, now: datetime) -> dict[str, Any]:
@@ -66,7 +65,7 @@ def flows_group() -> None:
     "--since", callback=as_since, help="Created after: a duration back (1h) or an ISO time."
 )
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
-@AS_JSON
+@as_json_option
 @pass_context
 def flows_list(
     ctx: Context,
@@ -119,7 +118,7 @@ def flows_list(
 
 @flows_group.command("show")
 @click.argument("flow_id")
-@AS_JSON
+@as_json_option
 @pass_context
 def flows_show(ctx: Context, flow_id: str, as_json: bool) -> None:
     """Everything stored about one flow, except its secrets.
@@ -295,7 +294,7 @@ def flows_purge(ctx: Context, older_than: timedelta, dry_run: bool, batch_size: 
     show_default=True,
     help="Period for the consumption rate and time to login.",
 )
-@AS_JSON
+@as_json_option
 @pass_context
 def flows_stats(ctx: Context, window: timedelta, as_json: bool) -> None:
     """Counts by status and client, pending ages, consumption rate, time to login."""

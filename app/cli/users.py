@@ -11,6 +11,7 @@ import click
 from app import sessions, users
 from app.cli._base import (
     Context,
+    as_json_option,
     audit_admin,
     coloured,
     echo_json,
@@ -28,7 +29,6 @@ from app.passwords import hash_password, hash_scheme, is_well_formed_hash
 PASSWORD_STDIN = click.option(
     "--password-stdin", is_flag=True, help="Read the password from standard input."
 )
-AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 
 
 def _document(user: User, live_sessions: int | None = None) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def users_add(ctx: Context, name: str, password_stdin: bool) -> None:
 
 
 @users_group.command("list")
-@AS_JSON
+@as_json_option
 @pass_context
 def users_list(ctx: Context, as_json: bool) -> None:
     """List users."""
@@ -103,7 +103,7 @@ def users_list(ctx: Context, as_json: bool) -> None:
 
 @users_group.command("show")
 @click.argument("name")
-@AS_JSON
+@as_json_option
 @pass_context
 def users_show(ctx: Context, name: str, as_json: bool) -> None:
     """Show user NAME (never the password hash)."""
@@ -185,7 +185,7 @@ def users_remove(ctx: Context, name: str, yes: bool) -> None:
 
 @users_group.command("sessions")
 @click.argument("name")
-@AS_JSON
+@as_json_option
 @pass_context
 def users_sessions(ctx: Context, name: str, as_json: bool) -> None:
     """List the live sessions of user NAME."""
@@ -235,7 +235,7 @@ def users_logout(ctx: Context, name: str) -> None:
 
 @users_group.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@AS_JSON
+@as_json_option
 @pass_context
 def users_import(ctx: Context, file: Path, as_json: bool) -> None:
     """Create the users of a Lenses HQ config.yaml (`auth.users`, bcrypt hashes).
