@@ -27,6 +27,7 @@ class Attempt:
     user_agent: str | None
     request_id: str | None = None
     binding_hash: str | None = None
+    previous_session: str | None = None  # the session cookie the browser sent, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,9 @@ def _open_session(
             if flow is None:
                 # Raising rolls the transaction back: no session, nothing changed.
                 raise problems.flow_not_found()
+        if attempt.previous_session:
+            # A login replaces the browser's session; the old id stops working.
+            sessions.revoke(db=db, secret=attempt.previous_session, now=now)
         session = sessions.create(
             db=db,
             user_id=account.id,

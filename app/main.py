@@ -55,6 +55,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow) ->
                     interval=settings.purge_interval,
                     older_than=settings.purge_age,
                     forget_failures_after=settings.throttle_window,
+                    audit_retention=settings.audit_retention,
                 )
             )
         try:

@@ -44,7 +44,9 @@ class RequestIdMiddleware:
             access_log.info(
                 "%s %s %d %.1fms request_id=%s",
                 scope["method"],
-                scope["path"],
+                # The raw, still percent-encoded path: a decoded %0A would let a
+                # client forge log lines.
+                scope.get("raw_path", b"").decode("latin-1").split("?")[0] or "-",
                 status,
                 (time.perf_counter() - started) * 1000,
                 request_id,

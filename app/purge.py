@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from app import flows, throttle
+from app import audit, flows, throttle
 from app.db import Database
 
 log = logging.getLogger("baton.purge")
@@ -47,6 +47,7 @@ async def purge_periodically(
     interval: timedelta,
     older_than: timedelta,
     forget_failures_after: timedelta | None = None,
+    audit_retention: timedelta | None = None,
 ) -> None:
     """The server's scheduled purge; runs until cancelled."""
     from anyio import to_thread  # the server has it loaded; the CLI need not pay for it
@@ -61,6 +62,8 @@ async def purge_periodically(
                 await to_thread.run_sync(
                     lambda: _forget_failures(database, clock() - forget_failures_after)
                 )
+            if audit_retention is not None:
+                await to_thread.run_sync(lambda: _forget_audit(database, clock() - audit_retention))
         except Exception:
             log.exception("scheduled purge failed; retrying at the next interval")
             continue
@@ -72,3 +75,9 @@ def _forget_failures(database: Database, cutoff: datetime) -> None:
     """Login failures older than the throttle window no longer count."""
     with database.transaction() as db:
         throttle.forget_before(db=db, cutoff=cutoff)
+
+
+def _forget_audit(database: Database, cutoff: datetime) -> None:
+    """Audit events past BATON_AUDIT_RETENTION."""
+    with database.transaction() as db:
+        audit.forget_before(db=db, cutoff=cutoff)

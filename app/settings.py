@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 from urllib.parse import urlsplit
 
 from app.throttle import Policy
@@ -128,6 +128,18 @@ def _origins(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
+def _addresses(text: str) -> tuple[str, ...]:
+    """IP addresses or networks of reverse proxies whose X-Forwarded-For is trusted."""
+    found = []
+    for item in text.replace(",", " ").split():
+        try:
+            ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"expected IP addresses or networks, got {item!r}") from None
+        found.append(item)
+    return tuple(found)
+
+
 def _readable_file(text: str) -> str:
     path = os.path.expanduser(text.strip())
     if not os.path.isfile(path) or not os.access(path, os.R_OK):
@@ -169,6 +181,8 @@ class Settings:
     max_connections: int = 1000
     cors_origins: tuple[str, ...] = ()
     theme_css: str | None = None
+    trusted_proxies: tuple[str, ...] = ()
+    audit_retention: timedelta | None = timedelta(days=90)
     session_idle_timeout: timedelta | None = timedelta(hours=8)
     throttle_user_failures: int = 5
     throttle_ip_failures: int = 20
@@ -248,6 +262,8 @@ _PARSERS = {
     "max_connections": _positive_int,
     "cors_origins": _origins,
     "theme_css": _readable_file,
+    "trusted_proxies": _addresses,
+    "audit_retention": _duration_or_off,
     "session_idle_timeout": _duration_or_off,
     "throttle_user_failures": _positive_int,
     "throttle_ip_failures": _positive_int,

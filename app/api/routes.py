@@ -39,6 +39,7 @@ async def login(request: Request) -> Response:
         user_agent=request.headers.get("user-agent"),
         request_id=request.scope.get("state", {}).get("request_id"),
         binding_hash=bindings.hash_of(request.cookies.get(bindings.COOKIE_NAME)),
+        previous_session=request.cookies.get(sessions.COOKIE_NAME),
     )
     try:
         result = await log_in(services, attempt)

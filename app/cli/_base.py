@@ -242,7 +242,10 @@ def serve(ctx: Context, host: str, port: int) -> None:
         # uvicorn's access log prints query strings, which carry redirection
         # tokens and authorization codes; Baton logs requests without them.
         access_log=False,
-        proxy_headers=False,
+        # The client address (throttling, audit) comes from X-Forwarded-For
+        # only when the peer is a proxy the operator named.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=list(settings.trusted_proxies) or None,
         server_header=False,
         # Bounded resources: connections beyond the limit get 503 at once,
         # idle keep-alive connections are closed after a few seconds, and

@@ -52,7 +52,12 @@ def clients_group() -> None:
 @click.option("--name", required=True, help="Shown to users.")
 @click.option("--redirect-uri", "redirect_uris", multiple=True, required=True, help="Repeatable.")
 @click.option("--public", is_flag=True, help="No secret; PKCE required (SPAs, CLIs, apps).")
-@click.option("--first-party", is_flag=True, help="Trusted: never asks the user for consent.")
+@click.option(
+    "--first-party",
+    is_flag=True,
+    help="Trusted, made by you. (There is no consent screen yet: every client gets a code "
+    "once the user signs in.)",
+)
 @click.option("--scope", default=clients.DEFAULT_SCOPE, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print {client_id, client_secret}.")
 @pass_context

@@ -24,6 +24,7 @@ from app.cli._base import (
 )
 from app.db import utcnow
 from app.models import User
+from app.oauth import bearer
 from app.passwords import hash_password, hash_scheme, is_well_formed_hash
 
 PASSWORD_STDIN = click.option(
@@ -138,6 +139,7 @@ def users_passwd(ctx: Context, name: str, password_stdin: bool) -> None:
     with ctx.transaction() as db:
         user = users.set_password(db=db, username=name, password_hash=password_hash, now=now)
         ended = sessions.revoke_all_for_user(db=db, user_id=user.id, now=now)
+        bearer.revoke_all_for_user(db=db, user_id=user.id, now=now)
         audit_admin(db, "admin.password_changed", username=name, sessions_ended=ended)
     click.echo(f"changed the password of {name}; ended {ended} session(s)")
 

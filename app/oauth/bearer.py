@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app import tokens
@@ -45,3 +45,13 @@ def authenticate(*, db: Session, token: str, now: datetime) -> BearerGrant | Non
         return None
     token_row, user = row
     return BearerGrant(user=user, scope=token_row.scope, client_pk=token_row.client_pk)
+
+
+def revoke_all_for_user(*, db: Session, user_id: int, now: datetime) -> int:
+    """End every live access token of a user (after a password change)."""
+    result = db.execute(
+        update(Token)
+        .where(Token.user_id == user_id, Token.revoked_at.is_(None), Token.expires_at > now)
+        .values(revoked_at=now)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

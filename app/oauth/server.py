@@ -210,6 +210,11 @@ class BatonAuthorizationServer(AuthorizationServer):
         consumed flow issues its code once; a second visit gets an explanation.
         """
         now = self.clock()
+        repeated = [k for k in RESUMABLE_PARAMETERS if len(request.payload.datalist.get(k, [])) > 1]
+        if repeated:
+            # RFC 6749 §3.1; authlib checks five of these, Baton all it keeps.
+            error = InvalidRequestError(f"Parameter '{repeated[0]}' is repeated.")
+            return _response(self.handle_error_response(request, error))
         with self._unit_of_work() as db:
             try:
                 grant = _guard(lambda: self.get_consent_grant(request, end_user=None))
