@@ -41,7 +41,8 @@ def record(
             occurred_at=now,
             event=event,
             actor=actor,
-            username=username[:255] if username else None,
+            # PostgreSQL text cannot hold NUL; what was typed is shown, not stored raw.
+            username=username[:255].replace("\x00", "\ufffd") if username else None,
             client_id=client_id,
             ip=ip,
             request_id=request_id,

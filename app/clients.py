@@ -128,6 +128,8 @@ def register(
 
 
 def get(*, db: Session, client_id: str) -> Client | None:
+    if "\x00" in client_id:  # no stored id has one, and PostgreSQL text cannot
+        return None
     return db.scalar(select(Client).where(Client.client_id == client_id))
 
 

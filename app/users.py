@@ -20,6 +20,8 @@ class UnknownUser(Exception):
 
 
 def get_by_username(*, db: Session, username: str) -> User | None:
+    if "\x00" in username:  # no stored name has one, and PostgreSQL text cannot
+        return None
     return db.scalar(select(User).where(User.username == username))
 
 

@@ -4,6 +4,7 @@ in the threadpool (it is synchronous and touches SQL), write back its answer."""
 from __future__ import annotations
 
 import html
+import re
 from urllib.parse import parse_qsl
 
 from anyio import to_thread
@@ -72,8 +73,18 @@ def _error_page(response: OAuthResponse) -> Response:
     return HTMLResponse(page, status_code=response.status, headers={"Cache-Control": "no-store"})
 
 
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_INVALID_ENCODING = {
+    "error": "invalid_request",
+    "error_description": "The request is not valid application/x-www-form-urlencoded.",
+}
+
+
 async def authorize(request: Request) -> Response:
     services = _services(request)
+    if _BAD_ESCAPE.search(request.url.query):
+        # Malformed percent-encoding: decoding it would silently change values.
+        return _to_http(OAuthResponse(400, dict(_INVALID_ENCODING)), request, for_people=True)
     oauth_request = _oauth_request(request, services)
     binding = bindings.from_cookie(request.cookies.get(bindings.COOKIE_NAME)) or tokens.new_secret()
     response = await to_thread.run_sync(
@@ -111,6 +122,8 @@ async def token(request: Request) -> Response:
 def _parse_form(content_type: str, body: bytes) -> list[tuple[str, str]] | None:
     """RFC 6749 §3.2: token requests are ``application/x-www-form-urlencoded``."""
     if content_type.split(";")[0].strip().lower() != FORM_TYPE:
+        return None
+    if _BAD_ESCAPE.search(body.decode("latin-1")):
         return None
     try:
         text = body.decode("utf-8")

@@ -5,6 +5,7 @@ request/response adapter. The Starlette layer turns a :class:`Request` into an
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -210,11 +211,10 @@ class BatonAuthorizationServer(AuthorizationServer):
         consumed flow issues its code once; a second visit gets an explanation.
         """
         now = self.clock()
-        repeated = [k for k in RESUMABLE_PARAMETERS if len(request.payload.datalist.get(k, [])) > 1]
-        if repeated:
-            # RFC 6749 §3.1; authlib checks five of these, Baton all it keeps.
-            error = InvalidRequestError(f"Parameter '{repeated[0]}' is repeated.")
-            return _response(self.handle_error_response(request, error))
+        refusal = _refuse_parameters(request)
+        if refusal is not None:
+            # Answered before authlib, never redirected: the values are unusable.
+            return _response(self.handle_error_response(request, InvalidRequestError(refusal)))
         with self._unit_of_work() as db:
             try:
                 grant = _guard(lambda: self.get_consent_grant(request, end_user=None))
@@ -284,6 +284,27 @@ class BatonAuthorizationServer(AuthorizationServer):
                 return response
         except _Abort as abort:
             return abort.response
+
+
+MAX_PARAMETER_LENGTH = 2048
+_VSCHARS = re.compile(r"[\x20-\x7e]*")
+
+
+def _refuse_parameters(request: OAuth2Request) -> str | None:
+    """RFC 6749 §3.1: no parameter twice. Appendix A.5 / OpenID Connect: state
+    and nonce are visible ASCII, which the client must get back exactly, so
+    anything else (invalid UTF-8, control characters) is refused, not mangled.
+    Values are bounded, since they are stored with the flow."""
+    datalist = request.payload.datalist
+    for name in RESUMABLE_PARAMETERS:
+        values = datalist.get(name, [])
+        if len(values) > 1:
+            return f"Parameter '{name}' is repeated."
+        if values and len(values[0]) > MAX_PARAMETER_LENGTH:
+            return f"Parameter '{name}' is too long."
+        if values and name in {"state", "nonce"} and not _VSCHARS.fullmatch(values[0]):
+            return f"Parameter '{name}' must be visible ASCII characters."
+    return None
 
 
 def _response(value: object) -> OAuthResponse:
