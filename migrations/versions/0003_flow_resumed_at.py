@@ -27,8 +27,6 @@ def upgrade() -> None:
         )
 
 
-
 def downgrade() -> None:
     with op.batch_alter_table("pending_flows", schema=None) as batch_op:
         batch_op.drop_column("resumed_at")
-
