@@ -30,6 +30,7 @@ def test_values_are_parsed() -> None:
             "BATON_SESSION_DURATION": "8h",
             "BATON_FLOW_TTL": "1h30m",
             "BATON_LOGIN_URL": "https://login.example.com/signin?theme=dark",
+            "BATON_CORS_ORIGINS": "https://login.example.com",
             "BATON_HASH_WORKERS": "3",
             "BATON_DEMO": "yes",
         }
