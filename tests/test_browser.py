@@ -1,0 +1,154 @@
+"""The login page and the demo in Debian's Chromium, driven by Playwright.
+
+Chromium comes from Debian (``make test`` installs it when it may); nothing is
+downloaded. Without it these tests skip, unless BATON_TEST_BROWSER=required.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import Server, serving
+
+CHROMIUM = Path(os.environ.get("BATON_TEST_CHROMIUM", "/usr/bin/chromium"))
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+PASSWORD = "browser password, long enough"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[playwright_api.Browser]:
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing (apt-get install chromium)"
+        if os.environ.get("BATON_TEST_BROWSER", "").lower() == "required":
+            pytest.fail(message + "; BATON_TEST_BROWSER=required")
+        pytest.skip(message)
+    with playwright_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    workdir = tmp_path_factory.mktemp("browser")
+    with serving(f"sqlite:///{workdir}/baton.db", workdir, {"BATON_DEMO": "true"}) as running:
+        running.baton("users", "add", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+        yield running
+
+
+def start_demo(page: playwright_api.Page, server: Server) -> None:
+    page.goto(server.url + "/demo")
+    page.click("#start")
+    page.wait_for_url("**/login?redirection_token=*")
+
+
+def sign_in(page: playwright_api.Page, password: str = PASSWORD) -> None:
+    page.fill("#username", "alice")
+    page.fill("#password", password)
+    page.click("#submit")
+
+
+def screenshot(page: playwright_api.Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_the_whole_flow(browser: playwright_api.Browser, server: Server) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    start_demo(page, server)
+    screenshot(page, "login-page")
+    sign_in(page)
+    page.wait_for_url("**/demo/callback*")
+    playwright_api.expect(page.locator("#whoami")).to_contain_text("alice")
+    context.close()
+
+
+def test_a_wrong_password_then_the_right_one(
+    browser: playwright_api.Browser, server: Server
+) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    start_demo(page, server)
+    sign_in(page, "not the password")
+    error = page.locator("#error")
+    playwright_api.expect(error).to_contain_text("Invalid username or password")
+    screenshot(page, "login-page-wrong-password")
+    playwright_api.expect(page.locator("#password")).to_be_focused()
+    sign_in(page)
+    page.wait_for_url("**/demo/callback*")
+    playwright_api.expect(page.locator("#whoami")).to_contain_text("alice")
+    context.close()
+
+
+def test_a_token_stolen_into_another_browser_is_refused(
+    browser: playwright_api.Browser, server: Server
+) -> None:
+    victim = browser.new_context()
+    page = victim.new_page()
+    start_demo(page, server)
+    stolen = page.url
+    thief = browser.new_context()  # another cookie jar: no binding cookie
+    elsewhere = thief.new_page()
+    elsewhere.goto(stolen)
+    sign_in(elsewhere)
+    playwright_api.expect(elsewhere.locator("#error")).to_contain_text("expired")
+    screenshot(elsewhere, "login-page-stolen-token")
+    assert "session_id" not in {c["name"] for c in thief.cookies()}
+    # The rightful browser still completes.
+    sign_in(page)
+    page.wait_for_url("**/demo/callback*")
+    playwright_api.expect(page.locator("#whoami")).to_contain_text("alice")
+    victim.close()
+    thief.close()
+
+
+def test_two_tabs_complete_in_either_order(browser: playwright_api.Browser, server: Server) -> None:
+    context = browser.new_context()
+    first, second = context.new_page(), context.new_page()
+    start_demo(first, server)
+    start_demo(second, server)
+    for page in (second, first):
+        sign_in(page)
+        page.wait_for_url("**/demo/callback*")
+        playwright_api.expect(page.locator("#whoami")).to_contain_text("alice")
+    context.close()
+
+
+def test_the_back_button_after_resume_issues_no_second_code(
+    browser: playwright_api.Browser, server: Server
+) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    resumes: list[str] = []
+    page.on(
+        "request",
+        lambda request: resumes.append(request.url) if "flow=" in request.url else None,
+    )
+    start_demo(page, server)
+    sign_in(page)
+    page.wait_for_url("**/demo/callback*")
+    playwright_api.expect(page.locator("#whoami")).to_contain_text("alice")
+    assert resumes
+    again = page.goto(resumes[0])
+    assert again is not None
+    assert again.status == 400
+    playwright_api.expect(page.locator("body")).to_contain_text("already completed")
+    context.close()
