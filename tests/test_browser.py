@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.servers import Server, serving
 
@@ -27,17 +28,15 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[playwright_api.Browser]:
+def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         message = f"{CHROMIUM} is missing (apt-get install chromium)"
         if os.environ.get("BATON_TEST_BROWSER", "").lower() == "required":
             pytest.fail(message + "; BATON_TEST_BROWSER=required")
         pytest.skip(message)
-    with playwright_api.sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
         )
@@ -53,54 +52,50 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield running
 
 
-def start_demo(page: playwright_api.Page, server: Server) -> None:
+def start_demo(page: Page, server: Server) -> None:
     page.goto(server.url + "/demo")
     page.click("#start")
     page.wait_for_url("**/login?redirection_token=*")
 
 
-def sign_in(page: playwright_api.Page, password: str = PASSWORD) -> None:
+def sign_in(page: Page, password: str = PASSWORD) -> None:
     page.fill("#username", "alice")
     page.fill("#password", password)
     page.click("#submit")
 
 
-def screenshot(page: playwright_api.Page, name: str) -> None:
+def screenshot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def test_the_whole_flow(browser: playwright_api.Browser, server: Server) -> None:
+def test_the_whole_flow(browser: Browser, server: Server) -> None:
     context = browser.new_context()
     page = context.new_page()
     start_demo(page, server)
     screenshot(page, "login-page")
     sign_in(page)
     page.wait_for_url("**/demo/callback*")
-    playwright_api.expect(page.locator("#whoami")).to_contain_text("alice")
+    expect(page.locator("#whoami")).to_contain_text("alice")
     context.close()
 
 
-def test_a_wrong_password_then_the_right_one(
-    browser: playwright_api.Browser, server: Server
-) -> None:
+def test_a_wrong_password_then_the_right_one(browser: Browser, server: Server) -> None:
     context = browser.new_context()
     page = context.new_page()
     start_demo(page, server)
     sign_in(page, "not the password")
     error = page.locator("#error")
-    playwright_api.expect(error).to_contain_text("Invalid username or password")
+    expect(error).to_contain_text("Invalid username or password")
     screenshot(page, "login-page-wrong-password")
-    playwright_api.expect(page.locator("#password")).to_be_focused()
+    expect(page.locator("#password")).to_be_focused()
     sign_in(page)
     page.wait_for_url("**/demo/callback*")
-    playwright_api.expect(page.locator("#whoami")).to_contain_text("alice")
+    expect(page.locator("#whoami")).to_contain_text("alice")
     context.close()
 
 
-def test_a_token_stolen_into_another_browser_is_refused(
-    browser: playwright_api.Browser, server: Server
-) -> None:
+def test_a_token_stolen_into_another_browser_is_refused(browser: Browser, server: Server) -> None:
     victim = browser.new_context()
     page = victim.new_page()
     start_demo(page, server)
@@ -109,18 +104,18 @@ def test_a_token_stolen_into_another_browser_is_refused(
     elsewhere = thief.new_page()
     elsewhere.goto(stolen)
     sign_in(elsewhere)
-    playwright_api.expect(elsewhere.locator("#error")).to_contain_text("expired")
+    expect(elsewhere.locator("#error")).to_contain_text("expired")
     screenshot(elsewhere, "login-page-stolen-token")
     assert "session_id" not in {c["name"] for c in thief.cookies()}
     # The rightful browser still completes.
     sign_in(page)
     page.wait_for_url("**/demo/callback*")
-    playwright_api.expect(page.locator("#whoami")).to_contain_text("alice")
+    expect(page.locator("#whoami")).to_contain_text("alice")
     victim.close()
     thief.close()
 
 
-def test_two_tabs_complete_in_either_order(browser: playwright_api.Browser, server: Server) -> None:
+def test_two_tabs_complete_in_either_order(browser: Browser, server: Server) -> None:
     context = browser.new_context()
     first, second = context.new_page(), context.new_page()
     start_demo(first, server)
@@ -128,12 +123,12 @@ def test_two_tabs_complete_in_either_order(browser: playwright_api.Browser, serv
     for page in (second, first):
         sign_in(page)
         page.wait_for_url("**/demo/callback*")
-        playwright_api.expect(page.locator("#whoami")).to_contain_text("alice")
+        expect(page.locator("#whoami")).to_contain_text("alice")
     context.close()
 
 
 def test_the_back_button_after_resume_issues_no_second_code(
-    browser: playwright_api.Browser, server: Server
+    browser: Browser, server: Server
 ) -> None:
     context = browser.new_context()
     page = context.new_page()
@@ -145,10 +140,10 @@ def test_the_back_button_after_resume_issues_no_second_code(
     start_demo(page, server)
     sign_in(page)
     page.wait_for_url("**/demo/callback*")
-    playwright_api.expect(page.locator("#whoami")).to_contain_text("alice")
+    expect(page.locator("#whoami")).to_contain_text("alice")
     assert resumes
     again = page.goto(resumes[0])
     assert again is not None
     assert again.status == 400
-    playwright_api.expect(page.locator("body")).to_contain_text("already completed")
+    expect(page.locator("body")).to_contain_text("already completed")
     context.close()
