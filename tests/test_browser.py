@@ -103,8 +103,9 @@ def test_a_token_stolen_into_another_browser_is_refused(browser: Browser, server
     thief = browser.new_context()  # another cookie jar: no binding cookie
     elsewhere = thief.new_page()
     elsewhere.goto(stolen)
-    sign_in(elsewhere)
-    expect(elsewhere.locator("#error")).to_contain_text("expired")
+    # The page asks Baton about the link first: to this browser it is unknown.
+    expect(elsewhere.locator("#error")).to_contain_text("expired or was already used")
+    expect(elsewhere.locator("#submit")).to_be_disabled()
     screenshot(elsewhere, "login-page-stolen-token")
     assert "session_id" not in {c["name"] for c in thief.cookies()}
     # The rightful browser still completes.
@@ -124,6 +125,49 @@ def test_two_tabs_complete_in_either_order(browser: Browser, server: Server) -> 
         sign_in(page)
         page.wait_for_url("**/demo/callback*")
         expect(page.locator("#whoami")).to_contain_text("alice")
+    context.close()
+
+
+def test_the_login_page_names_the_application_and_counts_down(
+    browser: Browser, server: Server
+) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    start_demo(page, server)
+    expect(page.locator("#client-name")).to_contain_text("Baton demo asks you to sign in")
+    expect(page.locator("#time-left")).to_contain_text("expires in 9:")
+    login_url = page.url
+    sign_in(page)
+    page.wait_for_url("**/demo/callback*")
+    expect(page.locator("#whoami")).to_contain_text("alice")
+    page.goto(login_url)  # back to the login page of a finished flow
+    expect(page.locator("#status")).to_contain_text("This sign-in is complete")
+    screenshot(page, "login-page-completed")
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def short_lived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    workdir = tmp_path_factory.mktemp("short")
+    env = {"BATON_DEMO": "true", "BATON_FLOW_TTL": "3s"}
+    with serving(f"sqlite:///{workdir}/baton.db", workdir, env) as running:
+        running.baton("users", "add", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+        yield running
+
+
+def test_an_expired_flow_and_the_restart(browser: Browser, short_lived: Server) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    start_demo(page, short_lived)
+    # The countdown reaches zero; the page asks again and offers a restart.
+    expect(page.locator("#restart")).to_be_visible(timeout=10_000)
+    expect(page.locator("#error")).to_contain_text("expired")
+    screenshot(page, "login-page-expired")
+    page.click("#restart")
+    page.wait_for_url("**/login?redirection_token=*")
+    sign_in(page)
+    page.wait_for_url("**/demo/callback*")
+    expect(page.locator("#whoami")).to_contain_text("alice")
     context.close()
 
 

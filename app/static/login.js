@@ -61,17 +61,94 @@
     }
   }
 
+  // What GET /api/v1/login/flow says about this link (see docs/integration.md).
+  const clientName = document.getElementById("client-name");
+  const timeLeft = document.getElementById("time-left");
+  const restart = document.getElementById("restart");
+  let countdown = null;
+
+  function stopCountdown() {
+    if (countdown !== null) window.clearInterval(countdown);
+    countdown = null;
+    timeLeft.hidden = true;
+  }
+
+  function startCountdown(seconds) {
+    const deadline = Date.now() + seconds * 1000;
+    const tick = () => {
+      const left = Math.max(0, Math.round((deadline - Date.now()) / 1000));
+      const minutes = Math.floor(left / 60);
+      const rest = String(left % 60).padStart(2, "0");
+      timeLeft.textContent = `This sign-in link expires in ${minutes}:${rest}.`;
+      timeLeft.hidden = false;
+      if (left === 0) {
+        stopCountdown();
+        checkFlow();
+      }
+    };
+    tick();
+    countdown = window.setInterval(tick, 1000);
+  }
+
+  function applyFlow(view) {
+    const status = view && view.status;
+    if (view && view.client && typeof view.client.name === "string") {
+      const scopes = Array.isArray(view.scopes) && view.scopes.length
+        ? ` (access: ${view.scopes.join(", ")})` : "";
+      clientName.textContent = `${view.client.name} asks you to sign in${scopes}.`;
+      clientName.hidden = false;
+    }
+    if (status === "pending") {
+      if (typeof view.expires_in === "number") startCountdown(view.expires_in);
+      return;
+    }
+    stopCountdown();
+    disableForm();
+    if (status === "consumed" && isSafeRedirect(view.restart_url)) {
+      statusBox.textContent = "You are already signed in. Continuing…";
+      window.location.assign(view.restart_url);
+    } else if (status === "completed") {
+      statusBox.textContent = "This sign-in is complete. You can return to the application.";
+      statusBox.focus();
+    } else if (status === "expired") {
+      showError("This sign-in link has expired.");
+      if (isSafeRedirect(view.restart_url)) {
+        restart.href = view.restart_url;
+        restart.hidden = false;
+      }
+    } else {
+      showError(EXPIRED_MSG);
+    }
+  }
+
+  async function checkFlow() {
+    if (!token) return;
+    try {
+      const response = await fetch(
+        "/api/v1/login/flow?redirection_token=" + encodeURIComponent(token),
+        { credentials: "same-origin", headers: { "Accept": "application/json" } },
+      );
+      applyFlow(response.ok ? await response.json() : { status: "unknown" });
+    } catch {
+      // The form still works; the POST will report any problem.
+    }
+  }
+
+  checkFlow();
+
   function handleProblem(status, problem) {
     const fields = Array.isArray(problem.invalid_fields) ? problem.invalid_fields : [];
     if (fields.some((f) => f && f.name === "redirection_token" && f.error === "reference_not_found")) {
       disableForm();
       showError(EXPIRED_MSG);
+      checkFlow();
       return;
     }
     let message = typeof problem.title === "string" && problem.title
       ? problem.title
       : `Sign-in failed (HTTP ${status}).`;
     if (status === 503) message += " Please try again in a moment.";
+    if (status === 429 && problem.retry_after) message += ` Try again in ${problem.retry_after} seconds.`;
 
     const named = new Set(fields.map((f) => f && f.name));
     if (named.has("username")) username.setAttribute("aria-invalid", "true");
@@ -114,6 +191,7 @@
       statusBox.focus();
       return false;
     }
+    body.retry_after = response.headers.get("Retry-After");
     handleProblem(response.status, body);
     return false;
   }
