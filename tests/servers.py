@@ -70,10 +70,13 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def serving(
-    database_url: str, workdir: Path, extra_env: Mapping[str, str] | None = None
+    database_url: str,
+    workdir: Path,
+    extra_env: Mapping[str, str] | None = None,
+    port: int | None = None,
 ) -> Iterator[Server]:
     """Migrate ``database_url`` with ``baton db upgrade`` and serve it on a free port."""
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,

@@ -7,13 +7,19 @@ downloaded. Without it these tests skip, unless BATON_TEST_BROWSER=required.
 from __future__ import annotations
 
 import os
+import shutil
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.servers import Server, serving
+from app.pages import STATIC
+from tests.servers import Server, free_port, serving
 
 CHROMIUM = Path(os.environ.get("BATON_TEST_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -191,3 +197,80 @@ def test_the_back_button_after_resume_issues_no_second_code(
     assert again.status == 400
     expect(page.locator("body")).to_contain_text("already completed")
     context.close()
+
+
+def test_a_double_submitted_login_completes_once(browser: Browser, server: Server) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    start_demo(page, server)
+    page.fill("#username", "alice")
+    page.fill("#password", PASSWORD)
+    page.dblclick("#submit")
+    page.wait_for_url("**/demo/callback*")
+    expect(page.locator("#whoami")).to_contain_text("alice")
+    context.close()
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+@contextmanager
+def spa_origin(tmp_path: Path, baton_url: str) -> Iterator[tuple[str, ThreadingHTTPServer]]:
+    """Baton's login page hosted on another origin (another port: same site)."""
+    static = tmp_path / "static"
+    static.mkdir(parents=True)
+    for name in ("login.js", "baton.css"):
+        shutil.copy(STATIC / name, static / name)
+    page = (STATIC / "login.html").read_text()
+    page = page.replace(
+        '<meta name="baton-api" content="">', f'<meta name="baton-api" content="{baton_url}">'
+    )
+    (tmp_path / "login.html").write_text(page)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(tmp_path)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_login_page_on_another_origin(browser: Browser, tmp_path: Path) -> None:
+    port = free_port()
+    baton_url = f"http://127.0.0.1:{port}"
+    with spa_origin(tmp_path / "spa", baton_url) as (spa_url, _):
+        env = {
+            "BATON_DEMO": "true",
+            "BATON_LOGIN_URL": spa_url + "/login.html",
+            "BATON_CORS_ORIGINS": spa_url,
+        }
+        with serving(f"sqlite:///{tmp_path}/baton.db", tmp_path, env, port=port) as baton:
+            baton.baton("users", "add", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+            context = browser.new_context()
+            page = context.new_page()
+            page.goto(baton.url + "/demo")
+            page.click("#start")
+            page.wait_for_url(spa_url + "/login.html?redirection_token=*")
+            expect(page.locator("#client-name")).to_contain_text("Baton demo")
+            sign_in(page)
+            page.wait_for_url("**/demo/callback*")
+            expect(page.locator("#whoami")).to_contain_text("alice")
+            context.close()
+
+
+def test_a_login_page_on_an_origin_baton_does_not_allow(
+    browser: Browser, server: Server, tmp_path: Path
+) -> None:
+    with spa_origin(tmp_path / "spa", server.url) as (spa_url, _):
+        context = browser.new_context()
+        page = context.new_page()
+        start_demo(page, server)
+        token = page.url.split("redirection_token=")[1]
+        page.goto(f"{spa_url}/login.html?redirection_token={token}")
+        sign_in(page)
+        expect(page.locator("#error")).to_contain_text("Could not reach the server")
+        assert "session_id" not in {c["name"] for c in context.cookies()}
+        context.close()

@@ -15,6 +15,10 @@
   const label = submit.querySelector(".label");
 
   const token = new URLSearchParams(window.location.search).get("redirection_token");
+  // Where Baton is: this origin, or the <meta name="baton-api"> of a page hosted elsewhere.
+  const apiMeta = document.querySelector('meta[name="baton-api"]');
+  const api = ((apiMeta && apiMeta.content) || "").replace(/\/+$/, "");
+  const credentials = api ? "include" : "same-origin";
   if (!token) document.getElementById("direct-hint").hidden = false;
 
   let busy = false;
@@ -106,14 +110,14 @@
     disableForm();
     if (status === "consumed" && isSafeRedirect(view.restart_url)) {
       statusBox.textContent = "You are already signed in. Continuing…";
-      window.location.assign(view.restart_url);
+      window.location.assign(api + view.restart_url);
     } else if (status === "completed") {
       statusBox.textContent = "This sign-in is complete. You can return to the application.";
       statusBox.focus();
     } else if (status === "expired") {
       showError("This sign-in link has expired.");
       if (isSafeRedirect(view.restart_url)) {
-        restart.href = view.restart_url;
+        restart.href = api + view.restart_url;
         restart.hidden = false;
       }
     } else {
@@ -125,8 +129,8 @@
     if (!token) return;
     try {
       const response = await fetch(
-        "/api/v1/login/flow?redirection_token=" + encodeURIComponent(token),
-        { credentials: "same-origin", headers: { "Accept": "application/json" } },
+        api + "/api/v1/login/flow?redirection_token=" + encodeURIComponent(token),
+        { credentials, headers: { "Accept": "application/json" } },
       );
       applyFlow(response.ok ? await response.json() : { status: "unknown" });
     } catch {
@@ -165,9 +169,9 @@
     let response;
     let body;
     try {
-      response = await fetch("/api/v1/login", {
+      response = await fetch(api + "/api/v1/login", {
         method: "POST",
-        credentials: "same-origin",
+        credentials,
         headers: { "Content-Type": "application/json", "Accept": "application/json" },
         body: JSON.stringify(payload),
       });
@@ -183,7 +187,7 @@
     }
     if (response.status === 200) {
       if (isSafeRedirect(body.redir_to)) {
-        window.location.assign(body.redir_to);
+        window.location.assign(api + body.redir_to);
         return true; // keep the button disabled while the browser navigates
       }
       password.value = "";
