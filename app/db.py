@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -51,9 +52,44 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def create_db_engine(url: str, **kwargs: Any) -> Engine:
+@dataclass(frozen=True, slots=True)
+class PoolOptions:
+    """The PostgreSQL connection pool of a long-running process (the server).
+
+    SQLite does not use it: its engine keeps SQLAlchemy's pool for a file and
+    waits on the file lock (``timeout``) instead of a statement timeout.
+    """
+
+    size: int = 10
+    max_overflow: int = 10
+    timeout: timedelta = timedelta(seconds=10)
+    statement_timeout: timedelta | None = timedelta(seconds=30)
+
+
+def _postgres_pool(url: URL, pool: PoolOptions) -> dict[str, Any]:
+    arguments: dict[str, Any] = {
+        "pool_size": pool.size,
+        "max_overflow": pool.max_overflow,
+        "pool_timeout": pool.timeout.total_seconds(),
+    }
+    if pool.statement_timeout is not None:
+        # A startup option: the server itself cancels any statement of these
+        # sessions that runs longer. Kept beside the URL's own ``options``.
+        milliseconds = max(1, round(pool.statement_timeout.total_seconds() * 1000))
+        given = url.query.get("options")
+        options = [given] if isinstance(given, str) else list(given or ())
+        options.append(f"-c statement_timeout={milliseconds}")
+        arguments["connect_args"] = {"options": " ".join(options)}
+    return arguments
+
+
+def create_db_engine(url: str, *, pool: PoolOptions | None = None, **kwargs: Any) -> Engine:
+    """An engine for ``url``; ``pool`` tunes PostgreSQL's (None: SQLAlchemy's
+    defaults and no statement timeout, as for migrations and one-shot commands)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
+        if pool is not None:
+            kwargs = {**_postgres_pool(parsed, pool), **kwargs}
         return create_engine(url, pool_pre_ping=True, **kwargs)
 
     if parsed.database and parsed.database != ":memory:":
@@ -83,9 +119,9 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
 class Database:
     """The engine and a factory of units of work; one per process."""
 
-    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+    def __init__(self, url: str, *, pool: PoolOptions | None = None, **engine_kwargs: Any) -> None:
         self.url = url
-        self.engine = create_db_engine(url, **engine_kwargs)
+        self.engine = create_db_engine(url, pool=pool, **engine_kwargs)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

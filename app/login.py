@@ -10,6 +10,7 @@ from datetime import timedelta
 from anyio import to_thread
 
 from app import audit, flows, problems, sessions, throttle, users
+from app.passwords import HashingOverloaded
 from app.problems import Problem
 from app.services import Services
 
@@ -50,6 +51,14 @@ async def log_in(services: Services, attempt: Attempt) -> LoggedIn:
     verified too, so all three refusals cost the same and read the same. A
     throttled attempt is refused before any hashing, whatever its password.
     """
+    try:
+        return await _log_in(services, attempt)
+    except HashingOverloaded:
+        services.metrics.login("overloaded")
+        raise
+
+
+async def _log_in(services: Services, attempt: Attempt) -> LoggedIn:
     account = await to_thread.run_sync(_check_throttle_and_find, services, attempt)
     verification = await services.hashing.verify(
         account.password_hash if account else None, attempt.password
@@ -63,9 +72,12 @@ async def log_in(services: Services, attempt: Attempt) -> LoggedIn:
             else "disabled_user"
         )
         await to_thread.run_sync(_record_failure, services, attempt, reason)
+        services.metrics.login("invalid_credentials")
         raise problems.unauthorised()
     upgraded = await services.hashing.hash(attempt.password) if verification.needs_rehash else None
-    return await to_thread.run_sync(_open_session, services, attempt, account, upgraded)
+    logged_in = await to_thread.run_sync(_open_session, services, attempt, account, upgraded)
+    services.metrics.login("success")
+    return logged_in
 
 
 def _check_throttle_and_find(services: Services, attempt: Attempt) -> _Account | None:
@@ -96,6 +108,7 @@ def _check_throttle_and_find(services: Services, attempt: Attempt) -> _Account |
             account = None if user is None else _Account(user.id, user.password_hash, user.disabled)
     # Raised outside the block so that the audit row commits.
     if throttled is not None:
+        services.metrics.login("throttled")
         raise throttled
     return account
 
@@ -142,6 +155,7 @@ def _open_session(
                 retried = flow is not None
             if flow is None:
                 # Raising rolls the transaction back: no session, nothing changed.
+                services.metrics.login("flow_not_found")
                 raise problems.flow_not_found()
         if attempt.previous_session:
             # A login replaces the browser's session; the old id stops working.
@@ -172,4 +186,6 @@ def _open_session(
             retried=retried,
             hash_upgraded=upgraded_hash is not None,
         )
+    if flow is not None and not retried:
+        services.metrics.flow_consumed()  # committed
     return LoggedIn(session_secret=session.secret, redir_to=flow.redir_to if flow else None)

@@ -11,6 +11,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import logs
+
 access_log = logging.getLogger("baton.access")
 
 
@@ -38,19 +40,30 @@ class RequestIdMiddleware:
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             await send(message)
 
+        bound = logs.current_request_id.set(request_id)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            access_log.info(
+            # The raw, still percent-encoded path: a decoded %0A would let a
+            # client forge log lines.
+            path = scope.get("raw_path", b"").decode("latin-1").split("?")[0] or "-"
+            milliseconds = (time.perf_counter() - started) * 1000
+            access_log.log(
+                logs.access_level(scope["path"], status),
                 "%s %s %d %.1fms request_id=%s",
                 scope["method"],
-                # The raw, still percent-encoded path: a decoded %0A would let a
-                # client forge log lines.
-                scope.get("raw_path", b"").decode("latin-1").split("?")[0] or "-",
+                path,
                 status,
-                (time.perf_counter() - started) * 1000,
+                milliseconds,
                 request_id,
+                extra={
+                    "method": scope["method"],
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round(milliseconds, 1),
+                },
             )
+            logs.current_request_id.reset(bound)
 
 
 class BodyTooLarge(Exception):

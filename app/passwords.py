@@ -9,11 +9,14 @@ memory, and a caller that cannot get a slot within ``wait`` is refused
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Protocol
 
 import bcrypt
 from argon2 import PasswordHasher
@@ -22,7 +25,36 @@ from argon2.exceptions import InvalidHashError, VerificationError
 _BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
 _BCRYPT_MAX_BYTES = 72
 
-_argon2 = PasswordHasher()  # argon2id with argon2-cffi's (RFC 9106 low-memory) defaults
+
+@dataclass(frozen=True, slots=True)
+class Argon2Cost:
+    """argon2id's cost (RFC 9106 §3.1): passes, memory in KiB, lanes."""
+
+    time_cost: int = 3
+    memory_cost: int = 64 * 1024
+    parallelism: int = 4
+
+
+# RFC 9106 §4's second recommended option (argon2-cffi's defaults), and the
+# floor Baton's settings accept: OWASP's argon2id minimum, m=19 MiB, t=2, p=1.
+DEFAULT_COST = Argon2Cost()
+OWASP_MINIMUM = Argon2Cost(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _hasher_with(cost: Argon2Cost) -> PasswordHasher:
+    return PasswordHasher(
+        time_cost=cost.time_cost, memory_cost=cost.memory_cost, parallelism=cost.parallelism
+    )
+
+
+_argon2 = _hasher_with(DEFAULT_COST)
+
+
+def _hasher(cost: Argon2Cost) -> PasswordHasher:
+    # The default cost is served by the module's hasher, read at each call, so
+    # that a test can swap in a cheap one for everything at once.
+    return _argon2 if cost == DEFAULT_COST else _hasher_with(cost)
 
 
 class HashingOverloaded(Exception):
@@ -35,8 +67,8 @@ class Verification:
     needs_rehash: bool = False
 
 
-def hash_password(password: str) -> str:
-    return _argon2.hash(password)
+def hash_password(password: str, cost: Argon2Cost = DEFAULT_COST) -> str:
+    return _hasher(cost).hash(password)
 
 
 def hash_scheme(stored: str) -> str:
@@ -63,8 +95,12 @@ def is_supported_hash(stored: str) -> bool:
     return stored.startswith(("$argon2id$", *_BCRYPT_PREFIXES))
 
 
-def verify_password(stored: str, password: str) -> Verification:
-    """Check ``password`` against an argon2id or bcrypt hash, in constant time."""
+def verify_password(stored: str, password: str, cost: Argon2Cost = DEFAULT_COST) -> Verification:
+    """Check ``password`` against an argon2id or bcrypt hash, in constant time.
+
+    A match is marked for rehashing when it is bcrypt or an argon2id hash made
+    with another cost than ``cost``.
+    """
     if stored.startswith(_BCRYPT_PREFIXES):
         encoded = password.encode("utf-8", "surrogatepass")
         if len(encoded) > _BCRYPT_MAX_BYTES:
@@ -77,24 +113,56 @@ def verify_password(stored: str, password: str) -> Verification:
         except ValueError:
             return Verification(ok=False)
         return Verification(ok=ok, needs_rehash=ok)
+    hasher = _hasher(cost)
     try:
-        _argon2.verify(stored, password)
+        hasher.verify(stored, password)
     except (VerificationError, InvalidHashError):
         return Verification(ok=False)
-    return Verification(ok=True, needs_rehash=_argon2.check_needs_rehash(stored))
+    return Verification(ok=True, needs_rehash=hasher.check_needs_rehash(stored))
+
+
+class HashingObserver(Protocol):
+    """What a pool reports as it works (``app.metrics.Metrics`` listens)."""
+
+    def waiting(self, change: int) -> None: ...  # callers waiting for a slot: +1, then -1
+
+    def waited(self, seconds: float) -> None: ...  # one wait for a slot, got or timed out
+
+    def hashed(self, seconds: float) -> None: ...  # one hash or verification
+
+
+class _Unobserved:
+    def waiting(self, change: int) -> None:
+        pass
+
+    def waited(self, seconds: float) -> None:
+        pass
+
+    def hashed(self, seconds: float) -> None:
+        pass
 
 
 class HashingPool:
     """A bounded pool of threads for password hashing (argon2 releases the GIL)."""
 
-    def __init__(self, workers: int, wait: timedelta) -> None:
+    def __init__(
+        self,
+        workers: int,
+        wait: timedelta,
+        cost: Argon2Cost = DEFAULT_COST,
+        *,
+        observer: HashingObserver | None = None,
+    ) -> None:
         self.workers = workers
+        self._observer = observer or _Unobserved()
+        self.cost = cost
         self._wait = wait.total_seconds()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash")
         self._slots = asyncio.Semaphore(workers)
         # Unknown users are checked against this hash so that they cost the
-        # same time as a wrong password (no username enumeration by timing).
-        self._dummy_hash = hash_password(secrets.token_urlsafe(32))
+        # same time as a wrong password (no username enumeration by timing):
+        # hence the same cost as the hashes this pool makes.
+        self._dummy_hash = hash_password(secrets.token_urlsafe(32), cost)
 
     async def verify(self, stored: str | None, password: str) -> Verification:
         """Verify against ``stored``, or against a dummy hash when it is ``None``."""
@@ -102,31 +170,46 @@ class HashingPool:
         target = stored if stored is not None and usable else self._dummy_hash
         async with self._slot():
             loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._executor, verify_password, target, password)
+            result = await loop.run_in_executor(
+                self._executor, verify_password, target, password, self.cost
+            )
         return result if usable else Verification(ok=False)
 
     async def hash(self, password: str) -> str:
         async with self._slot():
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, hash_password, password)
+            return await loop.run_in_executor(self._executor, hash_password, password, self.cost)
 
     def _slot(self) -> _Slot:
-        return _Slot(self._slots, self._wait)
+        return _Slot(self._slots, self._wait, self._observer)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 class _Slot:
-    def __init__(self, semaphore: asyncio.Semaphore, wait: float) -> None:
+    """A slot is held for exactly one hash, so holding it times the hash."""
+
+    def __init__(
+        self, semaphore: asyncio.Semaphore, wait: float, observer: HashingObserver
+    ) -> None:
         self._semaphore = semaphore
         self._wait = wait
+        self._observer = observer
+        self._acquired = 0.0
 
     async def __aenter__(self) -> None:
+        started = time.perf_counter()
+        self._observer.waiting(1)
         try:
             await asyncio.wait_for(self._semaphore.acquire(), self._wait)
         except TimeoutError:
             raise HashingOverloaded from None
+        finally:
+            self._observer.waiting(-1)
+            self._acquired = time.perf_counter()
+            self._observer.waited(self._acquired - started)
 
     async def __aexit__(self, *exc: object) -> None:
         self._semaphore.release()
+        self._observer.hashed(time.perf_counter() - self._acquired)

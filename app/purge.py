@@ -48,8 +48,10 @@ async def purge_periodically(
     older_than: timedelta,
     forget_failures_after: timedelta | None = None,
     audit_retention: timedelta | None = None,
+    on_purged: Callable[[int], None] | None = None,
 ) -> None:
-    """The server's scheduled purge; runs until cancelled."""
+    """The server's scheduled purge; runs until cancelled. ``on_purged`` hears
+    how many flows each run deleted (the metrics)."""
     from anyio import to_thread  # the server has it loaded; the CLI need not pay for it
 
     while True:
@@ -69,6 +71,8 @@ async def purge_periodically(
             continue
         if deleted:
             log.info("purged %d finished flows", deleted)
+            if on_purged is not None:
+                on_purged(deleted)
 
 
 def _forget_failures(database: Database, cutoff: datetime) -> None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from app.db import Database
+from app.health import Readiness
+from app.metrics import Metrics
 from app.oauth.server import BatonAuthorizationServer
 from app.passwords import HashingPool
 from app.settings import Settings
@@ -19,3 +21,5 @@ class Services:
     hashing: HashingPool
     oauth: BatonAuthorizationServer
     clock: Callable[[], datetime]
+    metrics: Metrics
+    readiness: Readiness

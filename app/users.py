@@ -70,7 +70,8 @@ def set_password(*, db: Session, username: str, password_hash: str, now: datetim
 
 
 def upgrade_hash(*, db: Session, user_id: int, old_hash: str, new_hash: str) -> None:
-    """Replace a legacy hash, unless the password changed meanwhile."""
+    """Replace an outdated hash (bcrypt, or argon2id of another cost), unless the
+    password changed meanwhile."""
     db.execute(
         update(User)
         .where(User.id == user_id, User.password_hash == old_hash)

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import bcrypt
 import pytest
+from argon2 import PasswordHasher, extract_parameters
 
 from app import passwords
 from app.passwords import HashingOverloaded, HashingPool, hash_password, verify_password
@@ -46,9 +47,9 @@ def test_unknown_users_are_checked_against_a_dummy_hash(monkeypatch: pytest.Monk
     calls: list[str] = []
     real = passwords.verify_password
 
-    def spy(stored: str, password: str) -> passwords.Verification:
+    def spy(stored: str, password: str, cost: passwords.Argon2Cost) -> passwords.Verification:
         calls.append(stored)
-        return real(stored, password)
+        return real(stored, password, cost)
 
     monkeypatch.setattr(passwords, "verify_password", spy)
 
@@ -71,13 +72,13 @@ def test_the_pool_never_runs_more_hashes_than_its_size(monkeypatch: pytest.Monke
     lock = threading.Lock()
     real = passwords.verify_password
 
-    def counting(stored: str, password: str) -> passwords.Verification:
+    def counting(stored: str, password: str, cost: passwords.Argon2Cost) -> passwords.Verification:
         nonlocal running, peak
         with lock:
             running += 1
             peak = max(peak, running)
         try:
-            return real(stored, password)
+            return real(stored, password, cost)
         finally:
             with lock:
                 running -= 1
@@ -112,3 +113,55 @@ def test_a_caller_that_cannot_get_a_slot_in_time_is_refused() -> None:
     outcomes = asyncio.run(scenario())
     assert any(isinstance(o, HashingOverloaded) for o in outcomes)
     assert any(isinstance(o, passwords.Verification) and o.ok for o in outcomes)
+
+
+# -- the argon2id cost ---------------------------------------------------------------
+
+CHEAP = passwords.Argon2Cost(time_cost=1, memory_cost=1024, parallelism=1)
+
+
+def test_a_hash_carries_the_cost_it_was_made_with() -> None:
+    made = extract_parameters(hash_password("pw", CHEAP))
+    assert (made.time_cost, made.memory_cost, made.parallelism) == (1, 1024, 1)
+    default = extract_parameters(hash_password("pw"))
+    assert (default.time_cost, default.memory_cost, default.parallelism) == (3, 65536, 4)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        passwords.Argon2Cost(time_cost=2, memory_cost=1024, parallelism=1),
+        passwords.Argon2Cost(time_cost=1, memory_cost=2048, parallelism=1),
+        passwords.Argon2Cost(time_cost=1, memory_cost=1024, parallelism=2),
+    ],
+    ids=["time", "memory", "parallelism"],
+)
+def test_a_match_made_with_another_cost_needs_a_rehash(other: passwords.Argon2Cost) -> None:
+    stored = hash_password("pw", CHEAP)
+    assert verify_password(stored, "pw", CHEAP) == passwords.Verification(ok=True)
+    assert verify_password(stored, "pw", other) == passwords.Verification(
+        ok=True, needs_rehash=True
+    )
+    # A wrong password is never marked, whatever the cost.
+    assert verify_password(stored, "nope", other) == passwords.Verification(ok=False)
+
+
+def test_the_default_cost_uses_the_module_hasher_tests_swap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tests make hashing cheap by replacing ``passwords._argon2``; that must
+    keep reaching every hash made at the default cost, the pool's included."""
+    monkeypatch.setattr(
+        passwords, "_argon2", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    )
+    assert hash_password("pw").startswith("$argon2id$v=19$m=8,t=1,p=1$")
+    assert hash_password("pw", passwords.DEFAULT_COST).startswith("$argon2id$v=19$m=8,t=1,p=1$")
+
+    async def scenario() -> str:
+        pool = HashingPool(1, timedelta(seconds=5))
+        try:
+            return await pool.hash("pw")
+        finally:
+            pool.shutdown()
+
+    assert asyncio.run(scenario()).startswith("$argon2id$v=19$m=8,t=1,p=1$")

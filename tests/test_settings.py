@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
+from argon2 import profiles
 
+from app.db import PoolOptions
+from app.passwords import Argon2Cost
 from app.settings import Settings, SettingsError, format_duration, parse_duration
 
 
@@ -63,6 +67,8 @@ def test_values_are_parsed() -> None:
         ("BATON_HASH_WORKERS", "0"),
         ("BATON_HASH_WORKERS", "two"),
         ("BATON_LOG_LEVEL", "chatty"),
+        ("BATON_LOG_FORMAT", "yaml"),
+        ("BATON_METRICS", "sometimes"),
     ],
 )
 def test_bad_values_name_their_variable(variable: str, value: str) -> None:
@@ -72,6 +78,14 @@ def test_bad_values_name_their_variable(variable: str, value: str) -> None:
 
 def test_blank_values_mean_the_default() -> None:
     assert Settings.from_env({"BATON_FLOW_TTL": "  "}).flow_ttl == timedelta(minutes=10)
+
+
+def test_observability_settings() -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.log_format, defaults.metrics) == ("text", True)
+    chosen = Settings.from_env({"BATON_LOG_FORMAT": " JSON ", "BATON_METRICS": "off"})
+    assert (chosen.log_format, chosen.metrics) == ("json", False)
+    assert Settings.from_env({"BATON_METRICS": "on"}).metrics is True
 
 
 @pytest.mark.parametrize(
@@ -85,3 +99,113 @@ def test_durations(text: str, seconds: float) -> None:
 def test_durations_print_back() -> None:
     for text in ["90s", "10m", "5h", "7d"]:
         assert format_duration(parse_duration(text)) == text
+
+
+# -- tuning: password hashing, the database pool, shutdown ------------------------
+
+
+def test_tuning_defaults() -> None:
+    settings = Settings.from_env({})
+    # RFC 9106 §4's second recommended option, argon2-cffi's own defaults.
+    low_memory = profiles.RFC_9106_LOW_MEMORY
+    assert settings.argon2_cost == Argon2Cost(
+        time_cost=low_memory.time_cost,
+        memory_cost=low_memory.memory_cost,
+        parallelism=low_memory.parallelism,
+    )
+    assert settings.argon2_cost == Argon2Cost(time_cost=3, memory_cost=64 * 1024, parallelism=4)
+    assert settings.database_pool == PoolOptions(
+        size=10,
+        max_overflow=10,
+        timeout=timedelta(seconds=10),
+        statement_timeout=timedelta(seconds=30),
+    )
+    assert settings.shutdown_grace == timedelta(seconds=30)
+
+
+def test_tuning_values_are_parsed() -> None:
+    settings = Settings.from_env(
+        {
+            "BATON_ARGON2_TIME_COST": "4",
+            "BATON_ARGON2_MEMORY_COST": "128MiB",
+            "BATON_ARGON2_PARALLELISM": "1",
+            "BATON_DB_POOL_SIZE": "20",
+            "BATON_DB_MAX_OVERFLOW": "0",
+            "BATON_DB_POOL_TIMEOUT": "2s",
+            "BATON_DB_STATEMENT_TIMEOUT": "1500ms",
+            "BATON_SHUTDOWN_GRACE": "1m",
+        }
+    )
+    assert settings.argon2_cost == Argon2Cost(time_cost=4, memory_cost=131072, parallelism=1)
+    assert settings.database_pool == PoolOptions(
+        size=20,
+        max_overflow=0,
+        timeout=timedelta(seconds=2),
+        statement_timeout=timedelta(milliseconds=1500),
+    )
+    assert settings.shutdown_grace == timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    ("text", "kibibytes"),
+    [
+        ("19456", 19456),
+        ("65536KiB", 65536),
+        ("64MiB", 65536),
+        ("64 mib", 65536),
+        ("19MiB", 19456),
+        ("1GiB", 1048576),
+    ],
+)
+def test_argon2_memory_is_kibibytes_or_a_size(text: str, kibibytes: int) -> None:
+    settings = Settings.from_env({"BATON_ARGON2_MEMORY_COST": text})
+    assert settings.argon2_memory_cost == kibibytes
+
+
+@pytest.mark.parametrize("text", ["off", "OFF", "0"])
+def test_the_statement_timeout_can_be_off(text: str) -> None:
+    assert Settings.from_env({"BATON_DB_STATEMENT_TIMEOUT": text}).db_statement_timeout is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        # OWASP's minimum for argon2id is m=19 MiB, t=2, p=1.
+        ("BATON_ARGON2_TIME_COST", "1", "below OWASP's minimum for argon2id, 2$"),
+        ("BATON_ARGON2_TIME_COST", "0", "below OWASP's minimum"),
+        ("BATON_ARGON2_TIME_COST", "three", "invalid literal"),
+        ("BATON_ARGON2_TIME_COST", str(2**32), "above argon2's maximum"),
+        ("BATON_ARGON2_MEMORY_COST", "19455", "below OWASP's minimum for argon2id, 19456 KiB$"),
+        ("BATON_ARGON2_MEMORY_COST", "18MiB", "^BATON_ARGON2_MEMORY_COST: 18432 KiB is below"),
+        ("BATON_ARGON2_MEMORY_COST", "64MB", "expected KiB or a size such as 64MiB"),
+        ("BATON_ARGON2_MEMORY_COST", "-64MiB", "expected KiB or a size"),
+        ("BATON_ARGON2_MEMORY_COST", "lots", "expected KiB or a size"),
+        ("BATON_ARGON2_MEMORY_COST", "4096GiB", "above argon2's maximum"),
+        ("BATON_ARGON2_PARALLELISM", "0", "below OWASP's minimum for argon2id, 1$"),
+        ("BATON_ARGON2_PARALLELISM", "2.5", "invalid literal"),
+        ("BATON_DB_POOL_SIZE", "0", "expected a positive integer"),
+        ("BATON_DB_POOL_SIZE", "ten", "invalid literal"),
+        ("BATON_DB_MAX_OVERFLOW", "-1", "expected zero or a positive integer"),
+        ("BATON_DB_POOL_TIMEOUT", "0s", "above zero"),
+        ("BATON_DB_POOL_TIMEOUT", "10", "expected a duration"),
+        ("BATON_DB_STATEMENT_TIMEOUT", "forever", "expected a duration"),
+        ("BATON_SHUTDOWN_GRACE", "0s", "above zero"),
+        ("BATON_SHUTDOWN_GRACE", "-5s", "expected a duration"),
+    ],
+)
+def test_bad_tuning_values_name_their_variable(variable: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{variable}: ") as refused:
+        Settings.from_env({variable: value})
+    assert re.search(message, str(refused.value))
+
+
+def test_argon2_needs_8_kib_per_lane() -> None:
+    # argon2's own rule (RFC 9106 §3.1: m >= 8p); only reachable far above OWASP's minimum.
+    with pytest.raises(
+        SettingsError, match=r"^BATON_ARGON2_MEMORY_COST: .*BATON_ARGON2_PARALLELISM"
+    ):
+        Settings.from_env({"BATON_ARGON2_MEMORY_COST": "19MiB", "BATON_ARGON2_PARALLELISM": "2433"})
+    lanes = Settings.from_env(
+        {"BATON_ARGON2_MEMORY_COST": "19MiB", "BATON_ARGON2_PARALLELISM": "2432"}
+    )
+    assert lanes.argon2_cost.parallelism == 2432

@@ -68,7 +68,7 @@ def users_add(ctx: Context, name: str, password_stdin: bool) -> None:
     """
     _check_name(name)
     ctx.check_database()
-    password_hash = hash_password(read_password(password_stdin))
+    password_hash = hash_password(read_password(password_stdin), ctx.settings.argon2_cost)
     with ctx.transaction() as db:
         try:
             users.create(db=db, username=name, password_hash=password_hash, now=utcnow())
@@ -134,7 +134,7 @@ def users_passwd(ctx: Context, name: str, password_stdin: bool) -> None:
     """Set the password of user NAME and end all of their sessions."""
     with ctx.transaction() as db:
         _require(db, name)
-    password_hash = hash_password(read_password(password_stdin))
+    password_hash = hash_password(read_password(password_stdin), ctx.settings.argon2_cost)
     now = utcnow()
     with ctx.transaction() as db:
         user = users.set_password(db=db, username=name, password_hash=password_hash, now=now)
