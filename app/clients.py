@@ -15,6 +15,8 @@ from app import tokens
 from app.models import Client
 
 DEFAULT_SCOPE = "read write"
+# Every client may refresh unless registered otherwise (tokens rotate, OAuth 2.1 §4.3.1).
+GRANT_TYPES = ("authorization_code", "refresh_token")
 
 
 class InvalidClientMetadata(ValueError):
@@ -49,6 +51,19 @@ def validate_redirect_uri(uri: str) -> str:
             raise InvalidClientMetadata(f"redirect URI {uri!r} has no host")
     elif parts.scheme in {"javascript", "data", "file", "vbscript"}:
         raise InvalidClientMetadata(f"redirect URI {uri!r} uses a forbidden scheme")
+    return uri
+
+
+def validate_native_or_https_redirect_uri(uri: str) -> str:
+    """What a self-registered client may use (RFC 8252 §7, OAuth 2.1 §2.3):
+    https, http on loopback, or a private-use scheme in reverse-domain form
+    (``com.example.app:/callback``), never a bare custom scheme."""
+    uri = validate_redirect_uri(uri)
+    scheme = urlsplit(uri).scheme.lower()
+    if scheme not in {"http", "https"} and "." not in scheme:
+        raise InvalidClientMetadata(
+            f"redirect URI {uri!r} must use https, loopback http, or a reverse-domain scheme"
+        )
     return uri
 
 
@@ -100,6 +115,7 @@ def register(
     now: datetime,
     provenance: str = "cli",
     client_id: str | None = None,
+    grant_types: tuple[str, ...] = GRANT_TYPES,
 ) -> Registered:
     name = _clean_name(name)
     uris = _clean_redirect_uris(redirect_uris)
@@ -113,7 +129,7 @@ def register(
         first_party=first_party,
         redirect_uris=uris,
         scope=scope,
-        grant_types=["authorization_code"],
+        grant_types=[g for g in GRANT_TYPES if g in grant_types],
         provenance=provenance,
         created_at=now,
     )

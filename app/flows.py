@@ -19,6 +19,9 @@ from app import redirects, tokens
 from app.models import Client, PendingFlow, User
 
 KIND_LOGIN = "login"
+KIND_CONSENT = "consent"
+APPROVED = "approved"
+DENIED = "denied"
 MAX_TOKEN_LENGTH = 128
 
 
@@ -48,6 +51,7 @@ def create(
     binding_hash: str | None = None,
     ip: str | None = None,
     user_agent: str | None = None,
+    subject_id: int | None = None,
 ) -> NewFlow:
     token = tokens.new_secret()
     row = PendingFlow(
@@ -58,6 +62,7 @@ def create(
         request=request,
         redir_to=redir_to,
         binding_hash=binding_hash,
+        subject_id=subject_id,
         created_at=now,
         expires_at=now + ttl,
         requester_ip=ip,
@@ -152,11 +157,21 @@ def recently_consumed(
     return _consumed(db, flow.id, flow.public_id, flow.redir_to, flow.client_pk)
 
 
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    kind: str
+    decision: str | None
+
+
 def mark_resumed(
     *, db: Session, public_id: str, user_id: int, client_pk: int, now: datetime
-) -> bool:
-    """Record that the resume URL of a consumed flow issued its code; true once."""
-    result = db.execute(
+) -> Resumed | None:
+    """Record that the resume URL of a consumed flow continued; once only.
+
+    Returns what the flow settled: a login by ``user_id``, or their consent
+    decision. ``None`` when the flow is not this user's or was resumed before.
+    """
+    row = db.execute(
         update(PendingFlow)
         .where(
             PendingFlow.public_id == public_id,
@@ -166,9 +181,63 @@ def mark_resumed(
             PendingFlow.resumed_at.is_(None),
         )
         .values(resumed_at=now)
+        .returning(PendingFlow.kind, PendingFlow.decision)
         .execution_options(synchronize_session=False)
+    ).one_or_none()
+    return None if row is None else Resumed(kind=row.kind, decision=row.decision)
+
+
+def decide(
+    *,
+    db: Session,
+    token: str,
+    user_id: int,
+    approve: bool,
+    scope: str | None,
+    now: datetime,
+    binding_hash: str | None,
+) -> ConsumedFlow | None:
+    """Answer the consent flow behind ``token``, once, for the user it asks.
+
+    On approval the resume path carries the approved scope (``scope`` if the
+    user narrowed it, else what was asked); on refusal it resumes so that the
+    authorization endpoint answers ``access_denied`` at the client's redirect
+    URI. ``None`` when the flow is unknown, not pending, bound to another
+    browser or asks another user.
+    """
+    if len(token) > MAX_TOKEN_LENGTH:
+        return None
+    conditions = (
+        PendingFlow.token_hash == tokens.digest(token),
+        PendingFlow.kind == KIND_CONSENT,
+        PendingFlow.subject_id == user_id,
+        PendingFlow.consumed_at.is_(None),
+        PendingFlow.revoked_at.is_(None),
+        PendingFlow.expires_at > now,
+        _binding_matches(binding_hash),
     )
-    return bool(getattr(result, "rowcount", 0))
+    flow = db.scalar(select(PendingFlow).where(*conditions))
+    if flow is None:
+        return None
+    redir_to = redirects.rebuild(flow.redir_to)
+    if approve and scope is not None:
+        redir_to = redirects.with_scope(redir_to, scope)
+    # The SELECT only computed the new path; this conditional UPDATE decides.
+    row = db.execute(
+        update(PendingFlow)
+        .where(PendingFlow.id == flow.id, *conditions)
+        .values(
+            consumed_at=now,
+            consumed_by=user_id,
+            decision=APPROVED if approve else DENIED,
+            redir_to=redir_to,
+        )
+        .returning(PendingFlow.id)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if row is None:
+        return None
+    return _consumed(db, flow.id, flow.public_id, redir_to, flow.client_pk)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +252,15 @@ class FlowView:
     restart_path: str | None = None
 
 
-def describe(*, db: Session, token: str, binding_hash: str | None, now: datetime) -> FlowView:
+def describe(
+    *,
+    db: Session,
+    token: str,
+    binding_hash: str | None,
+    now: datetime,
+    kind: str = KIND_LOGIN,
+    subject_id: int | None = None,
+) -> FlowView:
     """Tell a login page whether ``token`` is usable, and where to restart if not.
 
     The restart path is only ever the flow's own authorization request,
@@ -195,11 +272,17 @@ def describe(*, db: Session, token: str, binding_hash: str | None, now: datetime
     row = db.execute(
         select(PendingFlow, Client.client_id, Client.name)
         .join(Client, PendingFlow.client_pk == Client.id)
-        .where(PendingFlow.token_hash == tokens.digest(token), _binding_matches(binding_hash))
+        .where(
+            PendingFlow.token_hash == tokens.digest(token),
+            PendingFlow.kind == kind,
+            _binding_matches(binding_hash),
+        )
     ).one_or_none()
     if row is None:
         return FlowView("unknown")
     flow, client_id, client_name = row
+    if kind == KIND_CONSENT and flow.subject_id != subject_id:
+        return FlowView("unknown")
     status = status_of(flow, now)
     if status == "revoked":
         return FlowView("unknown")

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -16,9 +17,12 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from app import clients, pages
+from app import clients, health, keys, pages
 from app.api import routes as api_routes
 from app.db import Database, utcnow
+from app.health import Readiness
+from app.metrics import Metrics, MetricsMiddleware
+from app.metrics import route as metrics_route
 from app.middleware import (
     ApiGuardMiddleware,
     BodyLimitMiddleware,
@@ -38,14 +42,22 @@ log = logging.getLogger("baton")
 
 
 def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> Starlette:
+    metrics = Metrics()  # this app's own registry
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        database = Database(settings.database_url)
-        hashing = HashingPool(settings.hash_workers, settings.hash_wait)
+        database = Database(settings.database_url, pool=settings.database_pool)
+        hashing = HashingPool(
+            settings.hash_workers, settings.hash_wait, settings.argon2_cost, observer=metrics
+        )
+        readiness = Readiness(settings.database_url)
         oauth = BatonAuthorizationServer(settings=settings, database=database, clock=clock)
-        app.state.services = Services(settings, database, hashing, oauth, clock)
+        app.state.services = Services(
+            settings, database, hashing, oauth, clock, metrics=metrics, readiness=readiness
+        )
         if settings.demo:
             ensure_demo_client(database, settings, clock())
+        ensure_signing_key(database, settings, clock())
         purging = None
         if settings.purge_interval is not None:
             purging = asyncio.create_task(
@@ -56,6 +68,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow) ->
                     older_than=settings.purge_age,
                     forget_failures_after=settings.throttle_window,
                     audit_retention=settings.audit_retention,
+                    on_purged=metrics.flows_purged,
                 )
             )
         try:
@@ -67,11 +80,20 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow) ->
                     await purging
             hashing.shutdown()
             database.dispose()
+            readiness.dispose()
+            metrics.close()
 
     return Starlette(
-        routes=[*api_routes.routes, *oauth_routes.routes, *pages.routes(demo=settings.demo)],
+        routes=[
+            *api_routes.routes,
+            *oauth_routes.routes,
+            *pages.routes(demo=settings.demo),
+            *health.routes,
+            *([metrics_route(metrics)] if settings.metrics else []),
+        ],
         middleware=[
             Middleware(RequestIdMiddleware),
+            Middleware(MetricsMiddleware, metrics=metrics),
             Middleware(SecurityHeadersMiddleware),
             Middleware(
                 CORSMiddleware,
@@ -106,19 +128,34 @@ def ensure_demo_client(database: Database, settings: Settings, now: datetime) ->
     with database.transaction() as db:
         existing = clients.get(db=db, client_id=pages.DEMO_CLIENT_ID)
         if existing is None:
-            clients.register(
-                db=db,
-                name="Baton demo",
-                redirect_uris=[redirect_uri],
-                public=True,
-                first_party=True,
-                scope=pages.DEMO_SCOPE,
-                now=now,
-                provenance="demo",
-                client_id=pages.DEMO_CLIENT_ID,
-            )
-        elif existing.redirect_uris != [redirect_uri]:
+            try:
+                clients.register(
+                    db=db,
+                    name="Baton demo",
+                    redirect_uris=[redirect_uri],
+                    public=True,
+                    first_party=True,
+                    scope=pages.DEMO_SCOPE,
+                    now=now,
+                    provenance="demo",
+                    client_id=pages.DEMO_CLIENT_ID,
+                )
+            except clients.ClientExists:
+                # Every worker and replica does this as it starts; another won.
+                existing = clients.get(db=db, client_id=pages.DEMO_CLIENT_ID)
+        if existing is not None and existing.redirect_uris != [redirect_uri]:
             existing.redirect_uris = [redirect_uri]
+
+
+def ensure_signing_key(database: Database, settings: Settings, now: datetime) -> None:
+    """The first start creates the ID-token signing key. A database that is not
+    ready yet (unreachable, not migrated) must not stop the server from
+    starting and saying so on /readyz: the key is then made on first use."""
+    try:
+        with database.transaction() as db:
+            keys.ensure(db=db, alg=settings.signing_alg, now=now)
+    except SQLAlchemyError as error:
+        log.warning("signing key not checked at start-up: %s", type(error).__name__)
 
 
 def _request_id(request: Request) -> str | None:

@@ -9,6 +9,7 @@ from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, UTCDateTime
+from app.tokens import new_public_id
 
 HASH = String(64)  # hex SHA-256
 
@@ -17,6 +18,8 @@ class User(Base):
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The OpenID Connect ``sub``: random, never reassigned, unlike an integer key.
+    subject: Mapped[str] = mapped_column(String(32), unique=True, default=new_public_id)
     username: Mapped[str] = mapped_column(String(255), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -78,8 +81,36 @@ class PendingFlow(Base):
     # back button) must not issue another one.
     resumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     consumed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # A consent flow is for one signed-in user; only that user may answer it.
+    subject_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    # The answer to a consent flow: "approved" or "denied".
+    decision: Mapped[str | None] = mapped_column(String(16))
     requester_ip: Mapped[str | None] = mapped_column(String(64))
     requester_agent: Mapped[str | None] = mapped_column(String(512))
+
+    client: Mapped[Client] = relationship(foreign_keys=[client_pk])
+
+
+class Grant(Base):
+    """What a user approved for a client: scopes, until ``expires_at``.
+
+    Every code and token is issued under a grant; revoking the grant revokes them.
+    """
+
+    __tablename__ = "grants"
+    __table_args__ = (Index("ix_grants_user_id_client_pk", "user_id", "client_pk"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    client_pk: Mapped[int] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
+    scope: Mapped[str] = mapped_column(String(1024))
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     client: Mapped[Client] = relationship()
 
@@ -100,13 +131,30 @@ class AuthorizationCode(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    grant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("grants.id", ondelete="CASCADE"), index=True
+    )
+    # RFC 8707: the resource server the tokens are for (their audience).
+    resource: Mapped[str | None] = mapped_column(Text)
 
-    # authlib's AuthorizationCodeMixin and CodeChallenge read these.
+    # authlib's AuthorizationCodeMixin (OAuth 2.0 and OpenID Connect) reads these.
     def get_redirect_uri(self) -> str | None:
         return self.redirect_uri
 
     def get_scope(self) -> str:
         return self.scope
+
+    def get_nonce(self) -> str | None:
+        return self.nonce
+
+    def get_auth_time(self) -> int:
+        return int(self.auth_time.timestamp())
+
+    def get_acr(self) -> str | None:
+        return None
+
+    def get_amr(self) -> list[str] | None:
+        return ["pwd"]
 
 
 class Token(Base):
@@ -126,6 +174,31 @@ class Token(Base):
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    grant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("grants.id", ondelete="CASCADE"), index=True
+    )
+    # Every token rotated from one code exchange shares its family: reuse of a
+    # rotated refresh token revokes the whole family (OAuth 2.1 §4.3.1).
+    family_id: Mapped[str] = mapped_column(String(32), index=True, default=new_public_id)
+    refresh_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # rotated: spent
+    resource: Mapped[str | None] = mapped_column(Text)
+    auth_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SigningKey(Base):
+    """A key that signs ID tokens. The newest unretired key signs; retired keys
+    stay published in the JWKS until every token they signed has expired."""
+
+    __tablename__ = "signing_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kid: Mapped[str] = mapped_column(String(64), unique=True)
+    alg: Mapped[str] = mapped_column(String(16))
+    private_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
+    public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class LoginFailure(Base):

@@ -24,6 +24,11 @@ RESUMABLE_PARAMETERS = (
     "code_challenge",
     "code_challenge_method",
     "nonce",
+    "prompt",
+    "max_age",
+    "resource",
+    "login_hint",
+    "ui_locales",
     "flow",  # the public id of the pending flow this URL resumes
 )
 
@@ -45,4 +50,12 @@ def without_flow(path: str) -> str:
     query = urlsplit(path).query if path.startswith(AUTHORIZE_PATH + "?") else ""
     params = dict(parse_qsl(query, keep_blank_values=True))
     params.pop("flow", None)
+    return resume_path(params)
+
+
+def with_scope(path: str, scope: str) -> str:
+    """The same authorization request for ``scope`` instead."""
+    query = urlsplit(path).query if path.startswith(AUTHORIZE_PATH + "?") else ""
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    params["scope"] = scope
     return resume_path(params)

@@ -49,18 +49,19 @@ def create(
 TOUCH_EVERY = timedelta(minutes=1)
 
 
-def current_user(
+def current(
     *,
     db: Session,
     secret: str | None,
     now: datetime,
     idle_timeout: timedelta | None = None,
-) -> User | None:
-    """The enabled user behind a live session cookie, if any.
+) -> BrowserSession | None:
+    """The live session behind a session cookie, if its user is enabled.
 
     A session lives until its absolute expiry, and, with ``idle_timeout``,
     only while it is used at least that often; use is recorded at most once
-    a minute so that reading a session rarely writes.
+    a minute so that reading a session rarely writes. Its ``created_at`` is
+    when the user authenticated (OpenID Connect ``auth_time``).
     """
     if not secret:
         return None
@@ -78,7 +79,19 @@ def current_user(
         return None
     if now - last_seen >= TOUCH_EVERY:
         row.last_seen_at = now
-    return row.user
+    return row
+
+
+def current_user(
+    *,
+    db: Session,
+    secret: str | None,
+    now: datetime,
+    idle_timeout: timedelta | None = None,
+) -> User | None:
+    """The enabled user behind a live session cookie, if any (see :func:`current`)."""
+    row = current(db=db, secret=secret, now=now, idle_timeout=idle_timeout)
+    return None if row is None else row.user
 
 
 def revoke(*, db: Session, secret: str, now: datetime) -> bool:

@@ -14,6 +14,8 @@ from datetime import timedelta
 from ipaddress import ip_address, ip_network
 from urllib.parse import urlsplit
 
+from app.db import PoolOptions
+from app.passwords import DEFAULT_COST, OWASP_MINIMUM, Argon2Cost
 from app.throttle import Policy
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/baton.db"
@@ -161,6 +163,43 @@ def _positive_duration(text: str) -> timedelta:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected zero or a positive integer, got {text!r}")
+    return value
+
+
+_KIBIBYTES = re.compile(r"(?P<value>\d+)\s*(?P<unit>kib|mib|gib)?")
+_KIB_PER_UNIT = {None: 1, "kib": 1, "mib": 1024, "gib": 1024 * 1024}
+
+
+def _argon2_within(value: int, minimum: int, maximum: int, unit: str = "") -> int:
+    # The minimum is OWASP's for argon2id (m=19 MiB, t=2, p=1); the maximum, RFC 9106 §3.1's.
+    if value < minimum:
+        raise ValueError(f"{value}{unit} is below OWASP's minimum for argon2id, {minimum}{unit}")
+    if value > maximum:
+        raise ValueError(f"{value}{unit} is above argon2's maximum, {maximum}{unit}")
+    return value
+
+
+def _argon2_time_cost(text: str) -> int:
+    return _argon2_within(int(text), OWASP_MINIMUM.time_cost, 2**32 - 1)
+
+
+def _argon2_memory_cost(text: str) -> int:
+    """KiB, as argon2 counts memory: ``65536``, ``65536KiB``, ``64MiB`` or ``1GiB``."""
+    match = _KIBIBYTES.fullmatch(text.strip().lower())
+    if match is None:
+        raise ValueError(f"expected KiB or a size such as 64MiB or 1GiB, got {text!r}")
+    value = int(match["value"]) * _KIB_PER_UNIT[match["unit"]]
+    return _argon2_within(value, OWASP_MINIMUM.memory_cost, 2**32 - 1, " KiB")
+
+
+def _argon2_parallelism(text: str) -> int:
+    return _argon2_within(int(text), OWASP_MINIMUM.parallelism, 2**24 - 1)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -175,6 +214,8 @@ class Settings:
     hash_wait: timedelta = timedelta(seconds=10)
     demo: bool = False
     log_level: str = "info"
+    log_format: str = "text"
+    metrics: bool = True
     purge_interval: timedelta | None = timedelta(minutes=10)
     purge_age: timedelta = timedelta(hours=24)
     max_body_bytes: int = 64 * 1024
@@ -188,6 +229,21 @@ class Settings:
     throttle_ip_failures: int = 20
     throttle_window: timedelta = timedelta(minutes=15)
     throttle_max_delay: timedelta = timedelta(minutes=15)
+    argon2_time_cost: int = DEFAULT_COST.time_cost
+    argon2_memory_cost: int = DEFAULT_COST.memory_cost  # KiB
+    argon2_parallelism: int = DEFAULT_COST.parallelism
+    db_pool_size: int = 10
+    db_max_overflow: int = 10
+    db_pool_timeout: timedelta = timedelta(seconds=10)
+    db_statement_timeout: timedelta | None = timedelta(seconds=30)
+    shutdown_grace: timedelta = timedelta(seconds=30)
+    consent_url: str = "/consent"
+    grant_lifetime: timedelta = timedelta(hours=2160)
+    refresh_token_ttl: timedelta = timedelta(days=30)
+    id_token_ttl: timedelta = timedelta(hours=1)
+    signing_alg: str = "RS256"
+    dcr: bool = False
+    unauthenticated_introspection: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -203,11 +259,17 @@ class Settings:
             except ValueError as error:
                 raise SettingsError(f"{variable}: {error}") from None
         settings = cls(**values)  # type: ignore[arg-type]
-        login_origin = origin_of(settings.login_url) if "://" in settings.login_url else None
-        if login_origin and login_origin not in settings.allowed_origins:
+        for name, url in (("LOGIN_URL", settings.login_url), ("CONSENT_URL", settings.consent_url)):
+            origin = origin_of(url) if "://" in url else None
+            if origin and origin not in settings.allowed_origins:
+                raise SettingsError(
+                    f"BATON_{name} is on {origin}, which BATON_CORS_ORIGINS must list "
+                    "so that the page may call /api/v1"
+                )
+        if settings.argon2_memory_cost < 8 * settings.argon2_parallelism:
             raise SettingsError(
-                f"BATON_LOGIN_URL is on {login_origin}, which BATON_CORS_ORIGINS must list "
-                "so that the login page may call /api/v1"
+                "BATON_ARGON2_MEMORY_COST: argon2 needs at least 8 KiB for each lane of "
+                "BATON_ARGON2_PARALLELISM"
             )
         return settings
 
@@ -229,6 +291,24 @@ class Settings:
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
+    @property
+    def argon2_cost(self) -> Argon2Cost:
+        return Argon2Cost(
+            time_cost=self.argon2_time_cost,
+            memory_cost=self.argon2_memory_cost,
+            parallelism=self.argon2_parallelism,
+        )
+
+    @property
+    def database_pool(self) -> PoolOptions:
+        """The server's PostgreSQL pool; SQLite keeps its own setup."""
+        return PoolOptions(
+            size=self.db_pool_size,
+            max_overflow=self.db_max_overflow,
+            timeout=self.db_pool_timeout,
+            statement_timeout=self.db_statement_timeout,
+        )
+
 
 def _duration_or_off(text: str) -> timedelta | None:
     if text.strip().lower() in {"off", "0", "false", "never"}:
@@ -241,6 +321,23 @@ def _log_level(text: str) -> str:
     if level not in {"critical", "error", "warning", "info", "debug"}:
         raise ValueError(f"expected one of critical, error, warning, info, debug, got {text!r}")
     return level
+
+
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in {"text", "json"}:
+        raise ValueError(f"expected text or json, got {text!r}")
+    return value
+
+
+SIGNING_ALGORITHMS = ("RS256", "ES256")
+
+
+def _signing_alg(text: str) -> str:
+    alg = text.strip().upper()
+    if alg not in SIGNING_ALGORITHMS:
+        raise ValueError(f"expected one of {', '.join(SIGNING_ALGORITHMS)}, got {text!r}")
+    return alg
 
 
 _PARSERS = {
@@ -256,6 +353,8 @@ _PARSERS = {
     "hash_wait": _positive_duration,
     "demo": _parse_bool,
     "log_level": _log_level,
+    "log_format": _log_format,
+    "metrics": _parse_bool,
     "purge_interval": _duration_or_off,
     "purge_age": parse_duration,
     "max_body_bytes": _positive_int,
@@ -269,4 +368,19 @@ _PARSERS = {
     "throttle_ip_failures": _positive_int,
     "throttle_window": _positive_duration,
     "throttle_max_delay": _positive_duration,
+    "argon2_time_cost": _argon2_time_cost,
+    "argon2_memory_cost": _argon2_memory_cost,
+    "argon2_parallelism": _argon2_parallelism,
+    "db_pool_size": _positive_int,
+    "db_max_overflow": _non_negative_int,
+    "db_pool_timeout": _positive_duration,
+    "db_statement_timeout": _duration_or_off,
+    "shutdown_grace": _positive_duration,
+    "consent_url": _login_url,
+    "grant_lifetime": _positive_duration,
+    "refresh_token_ttl": _positive_duration,
+    "id_token_ttl": _positive_duration,
+    "signing_alg": _signing_alg,
+    "dcr": _parse_bool,
+    "unauthenticated_introspection": _parse_bool,
 }

@@ -1289,7 +1289,7 @@ def test_clients_show(database_url: str, database: Database) -> None:
         "first_party": True,
         "redirect_uris": ["https://app.example/cb"],
         "scope": "read write",
-        "grant_types": ["authorization_code"],
+        "grant_types": ["authorization_code", "refresh_token"],
         "provenance": "cli",
         "created_at": document["created_at"],
     }
@@ -1302,7 +1302,7 @@ def test_clients_show(database_url: str, database: Database) -> None:
         "first_party:   True",
         "redirect_uris: https://app.example/cb",
         "scope:         read write",
-        "grant_types:   authorization_code",
+        "grant_types:   authorization_code refresh_token",
         "provenance:    cli",
         f"created_at:    {document['created_at']}",
     ]

@@ -42,7 +42,9 @@ def server(fresh_database_url: str, tmp_path: Path) -> Iterator[Server]:
 
 
 def register(server: Server, *, public: bool, redirect_uri: str) -> dict[str, str | None]:
-    args = ["clients", "add", "--name", "E2E app", "--redirect-uri", redirect_uri, "--json"]
+    # First-party: no consent step (the interop tests drive consent).
+    args = ["clients", "add", "--name", "E2E app", "--first-party", "--redirect-uri", redirect_uri]
+    args.append("--json")
     created: dict[str, str | None] = json.loads(
         server.baton(*args, *(["--public"] if public else [])).stdout
     )

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app import audit, bindings, flows, problems, sessions
+from app.api import consent
 from app.api.schemas import LoginRequest, parse
 from app.login import Attempt, log_in
 from app.models import User
@@ -177,4 +178,12 @@ routes = [
     Route("/api/v1/logout", logout, methods=["POST"]),
     Route("/api/v1/users/me", me, methods=["GET"]),
     Route("/api/v1/openapi.json", openapi, methods=["GET"]),
+    Route("/api/v1/consent", consent.describe, methods=["GET"]),
+    Route("/api/v1/consent", consent.decide, methods=["POST"]),
+    Route("/api/v1/users/me/oauth2/authorizations", consent.list_authorizations, methods=["GET"]),
+    Route(
+        "/api/v1/users/me/oauth2/authorizations/{grant_id}",
+        consent.revoke_authorization,
+        methods=["DELETE"],
+    ),
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
+from annotated_types import Len
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, field_validator
 
 from app import problems
@@ -33,11 +34,25 @@ class LoginRequest(BaseModel):
         return value
 
 
+class ConsentDecision(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    redirection_token: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    approve: bool
+    # The subset of the requested scopes the user approves; all when absent.
+    scopes: (
+        Annotated[list[Annotated[str, StringConstraints(max_length=255)]], Len(max_length=64)]
+        | None
+    ) = None
+
+
 _TITLES = {
     "missing": "This field is required.",
     "string_too_short": "This field must not be empty.",
     "string_too_long": "This value is too long.",
     "string_type": "This value must be a string.",
+    "bool_type": "This value must be true or false.",
+    "list_type": "This value must be an array.",
 }
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-import logging
+import math
+import os
 import re
 import secrets
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -215,29 +217,63 @@ def read_password(password_stdin: bool) -> str:
 # -- top-level commands ---------------------------------------------------------
 
 
+# The application of each worker process of `serve --workers N` (N > 1).
+WORKER_APP = "app.main:create_app_from_env"
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Worker processes sharing the port.",
+)
 @pass_context
-def serve(ctx: Context, host: str, port: int) -> None:
+def serve(ctx: Context, host: str, port: int, workers: int) -> None:
     """Serve Baton over HTTP with uvicorn.
 
+    With --workers N, N processes accept connections on the same port; a
+    parent process restarts a worker that dies and stops them all on SIGTERM.
+    Each worker has its own database pool and its own limits:
+    BATON_MAX_CONNECTIONS connections and BATON_HASH_WORKERS password hashes
+    at once (BATON_ARGON2_MEMORY_COST each), so set BATON_HASH_WORKERS to
+    about the number of cores divided by N. Pending flows, sessions and throttling live in the
+    database, so any worker (or replica) can finish a flow another started.
+
     \b
-    Example:
+    Examples:
       BATON_PUBLIC_URL=https://auth.example.com baton serve --host 0.0.0.0
+      BATON_HASH_WORKERS=2 baton serve --host 0.0.0.0 --workers 4
     """
     import uvicorn
 
+    from app import logs
     from app.main import create_app
 
     settings = ctx.settings  # fail here, naming the variable, not inside uvicorn
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    # uvicorn raises SIGTERM again once it has shut down gracefully, to die of
+    # it; a stop that let the requests in flight finish is a success: exit 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    app: Any
+    if workers == 1:
+        app = create_app(settings)
+    else:
+        # Workers are spawned processes: uvicorn imports the app by name in
+        # each, and the factory reads the settings from the environment they
+        # inherit, where --database-url must be too.
+        os.environ["BATON_DATABASE_URL"] = settings.database_url
+        app = WORKER_APP
     uvicorn.run(
-        create_app(settings),
+        app,
+        factory=workers > 1,
+        workers=workers,
         host=host,
         port=port,
+        # uvicorn applies it in every process it starts, workers included.
+        log_config=logs.config(settings),
         log_level=settings.log_level,
         # uvicorn's access log prints query strings, which carry redirection
         # tokens and authorization codes; Baton logs requests without them.
@@ -254,8 +290,13 @@ def serve(ctx: Context, host: str, port: int) -> None:
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=5,
         h11_max_incomplete_event_size=16 * 1024,
-        timeout_graceful_shutdown=30,
+        # On SIGTERM, requests in flight get this long to finish.
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace.total_seconds()),
     )
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    sys.exit(0)
 
 
 @main.command()
@@ -274,19 +315,38 @@ def bootstrap(ctx: Context, username: str) -> None:
         if users.any_exist(db=db):
             click.echo("users exist already; nothing to do")
             return
-        users.create(db=db, username=username, password_hash=hash_password(password), now=utcnow())
+        password_hash = hash_password(password, ctx.settings.argon2_cost)
+        users.create(db=db, username=username, password_hash=password_hash, now=utcnow())
         audit_admin(db, "admin.user_created", username=username, bootstrap=True)
     click.echo(f"created user {username!r} with password {password!r} (shown only once)")
 
 
 @main.command("hash-password")
-def hash_password_command() -> None:
-    """Print the argon2id hash of the password read from stdin.
+@click.option(
+    "--timing", is_flag=True, help="Also print on stderr how long the hash took, and its cost."
+)
+@pass_context
+def hash_password_command(ctx: Context, timing: bool) -> None:
+    """Print the argon2id hash of the password read from stdin, made with the
+    BATON_ARGON2_* cost (--timing helps to tune it).
 
     \b
-    Example:
+    Examples:
       printf '%s\\n' "$PASSWORD" | baton hash-password
+      printf 'x\\n' | BATON_ARGON2_MEMORY_COST=128MiB baton hash-password --timing
     """
+    import time
+
     from app.passwords import hash_password
 
-    click.echo(hash_password(read_password(password_stdin=not sys.stdin.isatty())))
+    password = read_password(password_stdin=not sys.stdin.isatty())
+    cost = ctx.settings.argon2_cost
+    started = time.perf_counter()
+    click.echo(hash_password(password, cost))
+    if timing:
+        milliseconds = (time.perf_counter() - started) * 1000
+        click.echo(
+            f"{milliseconds:.0f} ms with t={cost.time_cost}, m={cost.memory_cost} KiB, "
+            f"p={cost.parallelism}",
+            err=True,
+        )

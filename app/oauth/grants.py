@@ -1,15 +1,21 @@
-"""The authorization-code grant with PKCE (OAuth 2.1 §4.1), on Baton's tables."""
+"""The grants of the token endpoint on Baton's tables: the authorization code
+with PKCE (OAuth 2.1 §4.1), refresh tokens with rotation and reuse detection
+(§4.3), and the OpenID Connect ID token that rides on the code exchange."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
 
+from authlib.oauth2.base import OAuth2Error
 from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, OAuth2Request, grants
 from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oidc.core import OpenIDCode, UserInfo
 from sqlalchemy import select, update
 
-from app import audit, tokens
-from app.models import AuthorizationCode, User
+from app import audit, keys, tokens
+from app.models import AuthorizationCode, Grant, Token, User
 
 if TYPE_CHECKING:
     from app.oauth.server import BatonAuthorizationServer
@@ -36,6 +42,42 @@ class S256CodeChallenge(CodeChallenge):
         super().validate_code_challenge(grant, redirect_uri)
 
 
+class InvalidTargetError(OAuth2Error):
+    """RFC 8707 §2: the ``resource`` is invalid, unknown or not allowed."""
+
+    error = "invalid_target"
+
+
+MAX_RESOURCE = 2048
+
+
+def validate_resource(value: str | None, *, redirect_uri: str | None = None) -> str | None:
+    """RFC 8707 §2: an absolute URI without a fragment."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if (
+        len(value) > MAX_RESOURCE
+        or parts.scheme not in {"https", "http"}
+        or not parts.netloc
+        or "#" in value
+    ):
+        raise InvalidTargetError(
+            "'resource' must be an absolute http(s) URI without a fragment.",
+            redirect_uri=redirect_uri,
+        )
+    return value
+
+
+def _one_resource(request: OAuth2Request, redirect_uri: str | None = None) -> str | None:
+    values = request.payload.datalist.get("resource", [])
+    if len(values) > 1:
+        raise InvalidTargetError(
+            "Baton issues tokens for one 'resource' at a time.", redirect_uri=redirect_uri
+        )
+    return validate_resource(values[0], redirect_uri=redirect_uri) if values else None
+
+
 class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = [
         "client_secret_basic",
@@ -45,9 +87,18 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
     server: BatonAuthorizationServer
 
+    def validate_authorization_request(self) -> str:
+        redirect_uri: str = super().validate_authorization_request()
+        # RFC 8707 §2: checked here, once the redirect URI is verified, so the
+        # client hears of a bad 'resource' before the user signs in, and no
+        # code (or pending flow) ever carries one.
+        _one_resource(self.request, redirect_uri)
+        return redirect_uri
+
     def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
         now = self.server.clock()
         data = request.payload.data
+        grant: Grant | None = getattr(request, "baton_grant", None)
         audit.record(
             db=self.server.db,
             event="code.issued",
@@ -68,11 +119,21 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
                 code_challenge=data.get("code_challenge"),
                 code_challenge_method=data.get("code_challenge_method"),
                 nonce=data.get("nonce"),
-                auth_time=now,
+                auth_time=getattr(request, "baton_auth_time", now),
                 created_at=now,
                 expires_at=now + self.server.settings.code_ttl,
+                grant_id=grant.id if grant is not None else None,
+                resource=data.get("resource"),
             )
         )
+
+    def validate_token_request(self) -> None:
+        super().validate_token_request()
+        # RFC 8707 §2.2: the token is for the resource the code was issued for.
+        code: AuthorizationCode = self.request.authorization_code
+        resource = _one_resource(self.request)
+        if resource is not None and resource != code.resource:
+            raise InvalidTargetError("The 'resource' differs from the authorization request.")
 
     def query_authorization_code(self, code: str, client: Any) -> AuthorizationCode | None:
         return self.server.db.scalar(
@@ -102,7 +163,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             .execution_options(synchronize_session=False)
         ).scalar_one_or_none()
         user = None if spent is None else db.get(User, spent)
-        if user is None or user.disabled:
+        if user is None or user.disabled or not _grant_is_live(self.server, authorization_code):
             raise InvalidGrantError("Invalid 'code' in request.")
         return user
 
@@ -110,3 +171,184 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         # Spent codes stay (with used_at set) until purged, so a replay is told
         # apart from a typo in logs and can later revoke what the code issued.
         return None
+
+
+def _grant_is_live(server: BatonAuthorizationServer, issued: AuthorizationCode | Token) -> bool:
+    if issued.grant_id is None:
+        return True
+    grant = server.db.get(Grant, issued.grant_id)
+    return grant is not None and grant.revoked_at is None and grant.expires_at > server.clock()
+
+
+class IssuedToken:
+    """authlib's ``TokenMixin`` over a row of ``tokens``, seen as the access
+    token or as the refresh token that was presented."""
+
+    def __init__(self, row: Token, *, refresh: bool, now: datetime) -> None:
+        self.row = row
+        self.refresh = refresh
+        self.now = now
+
+    @property
+    def expires_at(self) -> datetime:
+        if self.refresh:
+            assert self.row.refresh_expires_at is not None
+            return self.row.refresh_expires_at
+        return self.row.expires_at
+
+    def check_client(self, client: Any) -> bool:
+        return bool(self.row.client_pk == client.pk)
+
+    def get_scope(self) -> str:
+        return self.row.scope
+
+    def get_expires_in(self) -> int:
+        return max(0, int((self.expires_at - self.now).total_seconds()))
+
+    def is_expired(self) -> bool:
+        return self.expires_at <= self.now
+
+    def is_revoked(self) -> bool:
+        return self.row.revoked_at is not None or (
+            self.refresh and self.row.refreshed_at is not None
+        )
+
+
+def find_token(db: Any, secret: str, hint: str | None, now: datetime) -> IssuedToken | None:
+    """The access or refresh token ``secret`` (``hint`` says which to try first)."""
+    if len(secret) > 512:
+        return None
+    digest = tokens.digest(secret)
+    order = (
+        ("refresh_token", "access_token")
+        if hint == "refresh_token"
+        else ("access_token", "refresh_token")
+    )
+    for kind in order:
+        column = Token.refresh_token_hash if kind == "refresh_token" else Token.access_token_hash
+        row = db.scalar(select(Token).where(column == digest))
+        if row is not None:
+            return IssuedToken(row, refresh=kind == "refresh_token", now=now)
+    return None
+
+
+def revoke_family(db: Any, family_id: str, now: datetime) -> int:
+    result = db.execute(
+        update(Token)
+        .where(Token.family_id == family_id, Token.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+class RefreshTokenGrant(grants.RefreshTokenGrant):
+    """RFC 6749 §6 with OAuth 2.1 §4.3.1 rotation: every refresh spends the
+    presented refresh token (one conditional UPDATE) and issues a new one of
+    the same family. A spent refresh token presented again means that it
+    leaked: the whole family is revoked."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = (
+        AuthorizationCodeGrant.TOKEN_ENDPOINT_AUTH_METHODS
+    )
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    server: BatonAuthorizationServer
+
+    def authenticate_refresh_token(self, refresh_token: str) -> IssuedToken | None:
+        server, now = self.server, self.server.clock()
+        found = find_token(server.db, refresh_token, "refresh_token", now)
+        if found is None or not found.refresh:
+            return None
+        row = found.row
+        if row.refreshed_at is not None and row.revoked_at is None:
+            self.request.baton_reused_family = row.family_id
+            return None
+        if found.is_revoked() or found.is_expired() or not _grant_is_live(server, row):
+            return None
+        # Spent here, before anything is issued: of two concurrent refreshes
+        # with one token exactly one passes; the other is a reuse.
+        spent = server.db.execute(
+            update(Token)
+            .where(Token.id == row.id, Token.refreshed_at.is_(None), Token.revoked_at.is_(None))
+            .values(refreshed_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if not getattr(spent, "rowcount", 0):
+            self.request.baton_reused_family = row.family_id
+            return None
+        return found
+
+    def validate_token_request(self) -> None:
+        super().validate_token_request()
+        resource = _one_resource(self.request)
+        if resource is not None and resource != self.request.refresh_token.row.resource:
+            raise InvalidTargetError("The 'resource' differs from the authorization request.")
+
+    def authenticate_user(self, refresh_token: IssuedToken) -> User | None:
+        user_id = refresh_token.row.user_id
+        user = None if user_id is None else self.server.db.get(User, user_id)
+        if user is None or user.disabled:
+            raise InvalidGrantError("The user of this refresh token cannot sign in.")
+        return user
+
+    def revoke_old_credential(self, refresh_token: IssuedToken) -> None:
+        return None  # spent in authenticate_refresh_token
+
+
+class BatonOpenIDCode(OpenIDCode):
+    """OpenID Connect Core 1.0 §3.1.3.6: the ID token of the code exchange,
+    signed with the database's current key."""
+
+    def __init__(self, server: BatonAuthorizationServer) -> None:
+        super().__init__(require_nonce=False)
+        self.server = server
+
+    def _key(self) -> Any:
+        return keys.ensure(
+            db=self.server.db, alg=self.server.settings.signing_alg, now=self.server.clock()
+        )
+
+    def exists_nonce(self, nonce: str, request: OAuth2Request) -> bool:
+        # A nonce seen with this client before is a replayed authorization request.
+        found = self.server.db.scalar(
+            select(AuthorizationCode.id)
+            .where(
+                AuthorizationCode.client_pk == request.client.pk, AuthorizationCode.nonce == nonce
+            )
+            .limit(1)
+        )
+        return found is not None
+
+    def resolve_client_private_key(self, client: Any) -> Any:
+        return self.server.key_cache.private(self._key())
+
+    def get_client_algorithm(self, client: Any) -> str:
+        return str(self._key().alg)
+
+    def get_encode_header(self, client: Any) -> dict[str, str]:
+        key = self._key()
+        return {"alg": key.alg, "kid": key.kid, "typ": "JWT"}
+
+    def get_client_claims(self, client: Any) -> dict[str, Any]:
+        # The server's clock, as for every other expiry: a key is published
+        # for ``id_token_ttl`` after retirement, measured on this clock.
+        now = int(self.server.clock().timestamp())
+        ttl = int(self.server.settings.id_token_ttl.total_seconds())
+        return {
+            "iss": self.server.issuer,
+            "aud": [client.get_client_id()],
+            "iat": now,
+            "exp": now + ttl,
+        }
+
+    def generate_user_info(self, user: User, scope: str) -> UserInfo:
+        return user_info(user, scope)
+
+
+def user_info(user: User, scope: str) -> UserInfo:
+    """The claims a scope releases (OpenID Connect Core 1.0 §5.4)."""
+    info = UserInfo(sub=user.subject)
+    if "profile" in scope.split():
+        info["preferred_username"] = user.username
+    return info

@@ -4,7 +4,9 @@ in the threadpool (it is synchronous and touches SQL), write back its answer."""
 from __future__ import annotations
 
 import html
+import json
 import re
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from anyio import to_thread
@@ -12,8 +14,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from app import bindings, sessions, tokens
-from app.oauth.server import BatonOAuth2Request, OAuthResponse
+from app import bindings, keys, sessions, tokens
+from app.oauth import bearer, discovery
+from app.oauth.grants import user_info
+from app.oauth.server import BatonJsonRequest, BatonOAuth2Request, OAuthResponse
 from app.services import Services
 
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -99,24 +103,130 @@ async def authorize(request: Request) -> Response:
     answer = _to_http(response, request, for_people=True)
     if response.flow_created:
         bindings.set_cookie(answer, binding, services.settings)
+        services.metrics.flow_created()
     return answer
 
 
-async def token(request: Request) -> Response:
+_NOT_A_FORM = JSONResponse(
+    {
+        "error": "invalid_request",
+        "error_description": "The body must be application/x-www-form-urlencoded UTF-8.",
+    },
+    status_code=400,
+    headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+)
+
+
+async def _form_endpoint(
+    request: Request, handler: Callable[[Services], Callable[[BatonOAuth2Request], OAuthResponse]]
+) -> Response:
+    """The token, revocation and introspection endpoints: a form body only."""
     services = _services(request)
     form = _parse_form(request.headers.get("content-type", ""), await request.body())
     if form is None:
+        return _NOT_A_FORM
+    oauth_request = _oauth_request(request, services, form)
+    response = await to_thread.run_sync(handler(services), oauth_request)
+    return _to_http(response, request)
+
+
+async def token(request: Request) -> Response:
+    return await _form_endpoint(request, lambda services: services.oauth.token)
+
+
+async def revoke(request: Request) -> Response:
+    return await _form_endpoint(request, lambda services: services.oauth.revoke)
+
+
+async def introspect(request: Request) -> Response:
+    return await _form_endpoint(request, lambda services: services.oauth.introspect)
+
+
+async def register(request: Request) -> Response:
+    """RFC 7591 §3.1: a JSON object of client metadata."""
+    services = _services(request)
+    if not services.settings.dcr:
         return JSONResponse(
             {
-                "error": "invalid_request",
-                "error_description": "The body must be application/x-www-form-urlencoded UTF-8.",
+                "error": "access_denied",
+                "error_description": "Dynamic client registration is not enabled on this server.",
+            },
+            status_code=403,
+            headers={"Cache-Control": "no-store"},
+        )
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        data = json.loads(await request.body()) if content_type == "application/json" else None
+    except (ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict) or not data:
+        return JSONResponse(
+            {
+                "error": "invalid_client_metadata",
+                "error_description": "The body must be a JSON object of client metadata.",
             },
             status_code=400,
-            headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+            headers={"Cache-Control": "no-store"},
         )
-    oauth_request = _oauth_request(request, services, form)
-    response = await to_thread.run_sync(services.oauth.token, oauth_request)
+    json_request = BatonJsonRequest(
+        "POST",
+        services.settings.public_url + request.url.path,
+        request.headers,
+        data,
+        ip=request.client.host if request.client else None,
+        request_id=request.scope.get("state", {}).get("request_id"),
+    )
+    response = await to_thread.run_sync(services.oauth.register, json_request)
     return _to_http(response, request)
+
+
+async def userinfo(request: Request) -> Response:
+    """OpenID Connect Core 1.0 §5.3, with an access token that has ``openid``."""
+    services = _services(request)
+    secret = bearer.token_from_header(request.headers.get("authorization"))
+
+    def look_up() -> dict[str, object] | None:
+        if secret is None:
+            return None
+        with services.database.transaction() as db:
+            found = bearer.authenticate(db=db, token=secret, now=services.clock())
+            if found is None or "openid" not in found.scope.split():
+                return None
+            return dict(user_info(found.user, found.scope))
+
+    claims = await to_thread.run_sync(look_up)
+    if claims is None:
+        challenge = 'Bearer error="invalid_token"' if secret is not None else "Bearer"
+        return JSONResponse(
+            {"error": "invalid_token", "error_description": "A valid access token is required."},
+            status_code=401,
+            headers={"WWW-Authenticate": challenge, "Cache-Control": "no-store"},
+        )
+    return JSONResponse(claims, headers={"Cache-Control": "no-store"})
+
+
+async def jwks(request: Request) -> Response:
+    services = _services(request)
+
+    def published() -> list[dict[str, object]]:
+        now = services.clock()
+        with services.database.transaction() as db:
+            keys.ensure(db=db, alg=services.settings.signing_alg, now=now)
+            keep = services.settings.id_token_ttl
+            return [dict(row.public_jwk) for row in keys.published(db=db, now=now, keep=keep)]
+
+    body = {"keys": await to_thread.run_sync(published)}
+    # Short caching: a rotated key must reach relying parties before it signs much.
+    return JSONResponse(body, headers={"Cache-Control": "public, max-age=300"})
+
+
+async def authorization_server_metadata(request: Request) -> Response:
+    """RFC 8414 and OpenID Connect Discovery 1.0: one document, generated from
+    what this server has enabled."""
+    return JSONResponse(
+        discovery.metadata(_services(request).settings),
+        headers={"Cache-Control": "public, max-age=3600"},
+    )
 
 
 def _parse_form(content_type: str, body: bytes) -> list[tuple[str, str]] | None:
@@ -135,6 +245,13 @@ def _parse_form(content_type: str, body: bytes) -> list[tuple[str, str]] | None:
 routes = [
     Route("/oauth2/authorize", authorize, methods=["GET"]),
     Route("/oauth2/token", token, methods=["POST"]),
+    Route("/oauth2/revoke", revoke, methods=["POST"]),
+    Route("/oauth2/introspect", introspect, methods=["POST"]),
+    Route("/oauth2/userinfo", userinfo, methods=["GET", "POST"]),
+    Route("/oauth2/register", register, methods=["POST"]),
+    Route("/oauth2/jwks", jwks, methods=["GET"]),
+    Route("/.well-known/oauth-authorization-server", authorization_server_metadata),
+    Route("/.well-known/openid-configuration", authorization_server_metadata),
 ]
 
 __all__ = ["routes"]

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -22,14 +22,25 @@ from authlib.oauth2.rfc6749 import (
     OAuth2Payload,
     OAuth2Request,
 )
+from authlib.oauth2.rfc6749.requests import JsonPayload, JsonRequest
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
+from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
 from sqlalchemy.orm import Session
 
-from app import audit, clients, flows, sessions, tokens
+from app import audit, authorizations, clients, flows, keys, sessions, tokens
 from app.db import Database
-from app.models import Token
+from app.models import AuthorizationCode, BrowserSession, Client, Grant, Token, User
 from app.oauth.clients import OAuthClient
-from app.oauth.grants import AuthorizationCodeGrant, S256CodeChallenge
+from app.oauth.endpoints import IntrospectionEndpoint, RevocationEndpoint
+from app.oauth.grants import (
+    AuthorizationCodeGrant,
+    BatonOpenIDCode,
+    IssuedToken,
+    RefreshTokenGrant,
+    S256CodeChallenge,
+    revoke_family,
+)
+from app.oauth.registration import RegistrationEndpoint
 from app.redirects import RESUMABLE_PARAMETERS, resume_path
 from app.settings import Settings
 
@@ -102,6 +113,33 @@ class BatonOAuth2Request(OAuth2Request):
         return self._form
 
 
+class _JsonPayload(JsonPayload):
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self._data
+
+
+class BatonJsonRequest(JsonRequest):
+    """A JSON request (client registration), from already-parsed data."""
+
+    def __init__(
+        self,
+        method: str,
+        uri: str,
+        headers: Mapping[str, str],
+        data: dict[str, Any],
+        ip: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(method, uri, headers)
+        self.payload = _JsonPayload(data)
+        self.ip = ip
+        self.request_id = request_id
+
+
 class _Abort(Exception):
     """Unwinds a transaction while keeping the response to return."""
 
@@ -126,7 +164,18 @@ class BatonAuthorizationServer(AuthorizationServer):
                 expires_generator=lambda client, grant_type: ttl,
             ),
         )
-        self.register_grant(AuthorizationCodeGrant, [S256CodeChallenge(required=True)])
+        self.key_cache = keys.KeyCache()
+        self.register_grant(
+            AuthorizationCodeGrant, [S256CodeChallenge(required=True), BatonOpenIDCode(self)]
+        )
+        self.register_grant(RefreshTokenGrant)
+        self.register_endpoint(RevocationEndpoint(self))
+        self.register_endpoint(IntrospectionEndpoint(self))
+        self.register_endpoint(RegistrationEndpoint(self))
+
+    @property
+    def issuer(self) -> str:
+        return self.settings.public_url
 
     # -- the unit of work that authlib's hooks run in ------------------------
 
@@ -150,20 +199,45 @@ class BatonAuthorizationServer(AuthorizationServer):
         return None if row is None else OAuthClient(row)
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
+        """Store a new token, as hashes: a code exchange starts a family, a
+        refresh continues the family of the refresh token it spent."""
         now = self.clock()
+        code: AuthorizationCode | None = request.authorization_code
+        previous: IssuedToken | None = request.refresh_token
+        if code is not None:
+            grant_id, family, resource = code.grant_id, tokens.new_public_id(), code.resource
+            auth_time: datetime | None = code.auth_time
+        elif previous is not None:
+            row = previous.row
+            grant_id, family, resource, auth_time = (
+                row.grant_id,
+                row.family_id,
+                row.resource,
+                row.auth_time,
+            )
+        else:  # pragma: no cover - Baton registers no other token grant
+            raise RuntimeError("a token without a code or refresh token")
+        refresh = token.get("refresh_token")
+        refresh_expires_at = None
+        if refresh:
+            refresh_expires_at = now + self.settings.refresh_token_ttl
+            grant = self.db.get(Grant, grant_id) if grant_id is not None else None
+            if grant is not None:
+                # A refresh token never outlives what the user approved.
+                refresh_expires_at = min(refresh_expires_at, grant.expires_at)
         audit.record(
             db=self.db,
-            event="token.issued",
+            event="token.refreshed" if previous is not None else "token.issued",
             now=now,
             username=request.user.username if request.user is not None else None,
             client_id=request.client.client_id,
             ip=getattr(request, "ip", None),
             request_id=getattr(request, "request_id", None),
             scope=token.get("scope", ""),
-            with_refresh_token="refresh_token" in token,
+            family=family,
+            with_refresh_token=refresh is not None,
+            resource=resource,
         )
-        code = request.authorization_code
-        refresh = token.get("refresh_token")
         self.db.add(
             Token(
                 access_token_hash=tokens.digest(token["access_token"]),
@@ -174,6 +248,11 @@ class BatonAuthorizationServer(AuthorizationServer):
                 scope=token.get("scope", ""),
                 issued_at=now,
                 expires_at=now + self.settings.access_token_ttl,
+                grant_id=grant_id,
+                family_id=family,
+                refresh_expires_at=refresh_expires_at,
+                resource=resource,
+                auth_time=auth_time,
             )
         )
 
@@ -181,7 +260,7 @@ class BatonAuthorizationServer(AuthorizationServer):
         return request
 
     def create_json_request(self, request: Any) -> Any:
-        raise NotImplementedError("Baton has no JSON OAuth endpoints yet")
+        return request
 
     def handle_response(
         self, status: int, body: dict[str, Any] | str, headers: list[tuple[str, str]]
@@ -216,59 +295,75 @@ class BatonAuthorizationServer(AuthorizationServer):
             # Answered before authlib, never redirected: the values are unusable.
             return _response(self.handle_error_response(request, InvalidRequestError(refusal)))
         with self._unit_of_work() as db:
-            try:
-                grant = _guard(lambda: self.get_consent_grant(request, end_user=None))
-            except OAuth2Error as error:
-                return _response(self.handle_error_response(request, error))
-            user = sessions.current_user(
+            session = sessions.current(
                 db=db,
                 secret=session_secret,
                 now=now,
                 idle_timeout=self.settings.session_idle_timeout,
             )
+            user = session.user if session is not None else None
+            try:
+                grant = _guard(lambda: self.get_consent_grant(request, end_user=user))
+                interaction = _interaction(request.payload.data, grant.redirect_uri)
+            except OAuth2Error as error:
+                error.state = request.payload.state
+                return _response(self.handle_error_response(request, error))
             params = request.payload.data
-            resumed_flow = params.get("flow")
-            if user is not None:
-                if resumed_flow is not None and not flows.mark_resumed(
+            resumed = None
+            if user is not None and params.get("flow"):
+                resumed = flows.mark_resumed(
                     db=db,
-                    public_id=resumed_flow,
+                    public_id=params["flow"],
                     user_id=user.id,
                     client_pk=request.client.pk,
                     now=now,
-                ):
-                    return OAuthResponse(400, ALREADY_COMPLETED)
-                return _response(
-                    self.create_authorization_response(request, grant_user=user, grant=grant)
                 )
-            kept = {name: params[name] for name in RESUMABLE_PARAMETERS if name in params}
-            kept.pop("flow", None)
-            flow = flows.create(
-                db=db,
-                client_pk=request.client.pk,
-                request=kept | {"scope": request.scope},
-                redir_to=resume_path(kept),
-                now=now,
-                ttl=self.settings.flow_ttl,
-                binding_hash=tokens.digest(binding_secret),
-                ip=ip,
-                user_agent=user_agent,
-            )
-            # The resume URL names its flow, so that it can issue a code only once.
-            flow.row.redir_to = resume_path(kept | {"flow": flow.row.public_id})
-            audit.record(
-                db=db,
-                event="flow.created",
-                now=now,
-                client_id=request.client.client_id,
-                ip=ip,
-                request_id=request.request_id,
-                flow=flow.row.public_id,
-                scope=request.scope,
-            )
-            login_url = self.settings.login_url
-            separator = "&" if "?" in login_url else "?"
-            location = login_url + separator + urlencode({"redirection_token": flow.token})
-            return OAuthResponse(302, "", [("Location", location)], flow_created=True)
+                if resumed is None:
+                    return OAuthResponse(400, ALREADY_COMPLETED)
+                if resumed.decision == flows.DENIED:
+                    # The user said no: access_denied at the client's redirect URI.
+                    return self._answer(request, grant, None)
+            pause = _Pause(self, request, binding_secret=binding_secret, ip=ip, agent=user_agent)
+            # 1. Who is it? (OpenID Connect Core 1.0 §3.1.2.1: prompt, max_age)
+            if session is None or (resumed is None and interaction.wants_login(session, now)):
+                if interaction.none:
+                    return self._refuse(
+                        request, LoginRequiredError(redirect_uri=grant.redirect_uri)
+                    )
+                return pause.login()
+            assert user is not None
+            # 2. Did they agree? First-party clients need not ask.
+            scope = request.scope or ""
+            client: Client = request.client.row
+            existing = authorizations.find(db=db, user_id=user.id, client_pk=client.id, now=now)
+            if not client.first_party and (
+                not authorizations.covers(existing, scope)
+                or (interaction.consent and (resumed is None or resumed.kind != flows.KIND_CONSENT))
+            ):
+                if interaction.none:
+                    return self._refuse(
+                        request, ConsentRequiredError(redirect_uri=grant.redirect_uri)
+                    )
+                return pause.consent(user.id)
+            if client.first_party or (resumed is not None and resumed.kind == flows.KIND_CONSENT):
+                existing = authorizations.approve(
+                    db=db,
+                    user_id=user.id,
+                    client_pk=client.id,
+                    scope=scope,
+                    now=now,
+                    lifetime=self.settings.grant_lifetime,
+                )
+            request.baton_grant = existing
+            request.baton_auth_time = session.created_at
+            return self._answer(request, grant, user)
+
+    def _answer(self, request: BatonOAuth2Request, grant: Any, user: User | None) -> OAuthResponse:
+        return _response(self.create_authorization_response(request, grant_user=user, grant=grant))
+
+    def _refuse(self, request: BatonOAuth2Request, error: OAuth2Error) -> OAuthResponse:
+        error.state = request.payload.state
+        return _response(self.handle_error_response(request, error))
 
     def token(self, request: BatonOAuth2Request) -> OAuthResponse:
         """``POST /oauth2/token`` (RFC 6749 §4.1.3). Nothing is written unless a
@@ -279,6 +374,54 @@ class BatonAuthorizationServer(AuthorizationServer):
         try:
             with self._unit_of_work():
                 response = _response(_guard(lambda: self.create_token_response(request)))
+                if response.status != 200:
+                    raise _Abort(response)
+                return response
+        except _Abort as abort:
+            family = getattr(request, "baton_reused_family", None)
+            if family is not None:
+                self._revoke_reused_family(request, family)
+            return abort.response
+
+    def _revoke_reused_family(self, request: BatonOAuth2Request, family: str) -> None:
+        """A rotated refresh token came back: someone holds a copy. Every token
+        of its family stops working, in its own transaction (the refused
+        request's own transaction was rolled back)."""
+        now = self.clock()
+        with self.database.transaction() as db:
+            revoked = revoke_family(db, family, now)
+            audit.record(
+                db=db,
+                event="token.reuse_detected",
+                now=now,
+                client_id=request.payload.client_id,
+                ip=request.ip,
+                request_id=request.request_id,
+                family=family,
+                revoked=revoked,
+            )
+
+    def revoke(self, request: BatonOAuth2Request) -> OAuthResponse:
+        """``POST /oauth2/revoke`` (RFC 7009)."""
+        return self._endpoint(RevocationEndpoint.ENDPOINT_NAME, request)
+
+    def introspect(self, request: BatonOAuth2Request) -> OAuthResponse:
+        """``POST /oauth2/introspect`` (RFC 7662)."""
+        return self._endpoint(IntrospectionEndpoint.ENDPOINT_NAME, request)
+
+    def register(self, request: BatonJsonRequest) -> OAuthResponse:
+        """``POST /oauth2/register`` (RFC 7591)."""
+        return self._endpoint(RegistrationEndpoint.ENDPOINT_NAME, request)
+
+    def _endpoint(self, name: str, request: BatonOAuth2Request | BatonJsonRequest) -> OAuthResponse:
+        if isinstance(request, BatonOAuth2Request) and any(
+            len(values) > 1 for values in request.payload.datalist.values()
+        ):
+            error = InvalidRequestError("A parameter is repeated.")
+            return _response(self.handle_error_response(request, error))
+        try:
+            with self._unit_of_work():
+                response = _response(_guard(lambda: self.create_endpoint_response(name, request)))
                 if response.status != 200:
                     raise _Abort(response)
                 return response
@@ -305,6 +448,118 @@ def _refuse_parameters(request: OAuth2Request) -> str | None:
         if values and name in {"state", "nonce"} and not _VSCHARS.fullmatch(values[0]):
             return f"Parameter '{name}' must be visible ASCII characters."
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Interaction:
+    """What the client asked of the user (OpenID Connect Core 1.0 §3.1.2.1)."""
+
+    prompts: frozenset[str]
+    max_age: int | None
+
+    @property
+    def none(self) -> bool:
+        return "none" in self.prompts
+
+    @property
+    def consent(self) -> bool:
+        return "consent" in self.prompts
+
+    def wants_login(self, session: BrowserSession, now: datetime) -> bool:
+        """Whether the user must sign in again despite their session."""
+        if self.prompts & {"login", "select_account"}:
+            return True
+        if self.max_age is None:
+            return False
+        # max_age=0 is a fresh sign-in every time (like prompt=login).
+        return self.max_age == 0 or now - session.created_at > timedelta(seconds=self.max_age)
+
+
+PROMPTS = frozenset({"none", "login", "consent", "select_account"})
+
+
+def _interaction(params: Mapping[str, str], redirect_uri: str) -> _Interaction:
+    prompts = frozenset(params.get("prompt", "").split())
+    if prompts - PROMPTS:
+        unknown = sorted(prompts - PROMPTS)[0]
+        raise InvalidRequestError(
+            f"Unsupported 'prompt' value {unknown!r}.", redirect_uri=redirect_uri
+        )
+    if "none" in prompts and len(prompts) > 1:
+        raise InvalidRequestError(
+            "'prompt=none' cannot be combined with other values.", redirect_uri=redirect_uri
+        )
+    max_age = None
+    if "max_age" in params:
+        text = params["max_age"]
+        if not text.isascii() or not text.isdigit() or len(text) > 10:
+            raise InvalidRequestError(
+                "'max_age' must be a number of seconds.", redirect_uri=redirect_uri
+            )
+        max_age = int(text)
+    return _Interaction(prompts, max_age)
+
+
+class _Pause:
+    """Park the authorization request as a pending flow and send the browser
+    to the page that completes it (the login or consent page)."""
+
+    def __init__(
+        self,
+        server: BatonAuthorizationServer,
+        request: BatonOAuth2Request,
+        *,
+        binding_secret: str,
+        ip: str | None,
+        agent: str | None,
+    ) -> None:
+        self.server = server
+        self.request = request
+        self.binding_secret = binding_secret
+        self.ip = ip
+        self.agent = agent
+
+    def login(self) -> OAuthResponse:
+        return self._pause(flows.KIND_LOGIN, self.server.settings.login_url, None)
+
+    def consent(self, user_id: int) -> OAuthResponse:
+        return self._pause(flows.KIND_CONSENT, self.server.settings.consent_url, user_id)
+
+    def _pause(self, kind: str, page: str, subject_id: int | None) -> OAuthResponse:
+        server, request = self.server, self.request
+        now = server.clock()
+        params = request.payload.data
+        kept = {name: params[name] for name in RESUMABLE_PARAMETERS if name in params}
+        kept.pop("flow", None)
+        flow = flows.create(
+            db=server.db,
+            client_pk=request.client.pk,
+            request=kept | {"scope": request.scope},
+            redir_to=resume_path(kept),
+            now=now,
+            ttl=server.settings.flow_ttl,
+            kind=kind,
+            binding_hash=tokens.digest(self.binding_secret),
+            ip=self.ip,
+            user_agent=self.agent,
+            subject_id=subject_id,
+        )
+        # The resume URL names its flow, so that it continues only once.
+        flow.row.redir_to = resume_path(kept | {"flow": flow.row.public_id})
+        audit.record(
+            db=server.db,
+            event="flow.created",
+            now=now,
+            client_id=request.client.client_id,
+            ip=self.ip,
+            request_id=request.request_id,
+            flow=flow.row.public_id,
+            kind=kind,
+            scope=request.scope,
+        )
+        separator = "&" if "?" in page else "?"
+        location = page + separator + urlencode({"redirection_token": flow.token})
+        return OAuthResponse(302, "", [("Location", location)], flow_created=True)
 
 
 def _response(value: object) -> OAuthResponse:

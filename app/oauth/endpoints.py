@@ -1,0 +1,119 @@
+"""Token revocation (RFC 7009) and introspection (RFC 7662), through authlib."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from authlib.oauth2.rfc6749 import OAuth2Error, OAuth2Request, UnsupportedTokenTypeError
+from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
+
+from app import audit
+from app.models import Client, User
+from app.oauth.grants import IssuedToken, find_token, revoke_family
+
+if TYPE_CHECKING:
+    from app.oauth.server import BatonAuthorizationServer
+
+
+class _UnsupportedTokenType(OAuth2Error):
+    """RFC 7009 §2.2.1 is an error response of RFC 6749 §5.2: 400, not the
+    401 that authlib's class (a ``ForbiddenError``) answers, which would tell
+    the client that its credentials were wrong."""
+
+    error = "unsupported_token_type"
+    description = "Unsupported 'token_type_hint'."
+
+
+def _check_hint(check: Any, request: OAuth2Request, client: Any) -> None:
+    try:
+        check(request, client)
+    except UnsupportedTokenTypeError:
+        raise _UnsupportedTokenType() from None
+
+
+class RevocationEndpoint(_RevocationEndpoint):
+    """Public clients revoke with their ``client_id`` alone (RFC 7009 §2.1)."""
+
+    CLIENT_AUTH_METHODS: ClassVar[list[str]] = [
+        "client_secret_basic",
+        "client_secret_post",
+        "none",
+    ]
+    server: BatonAuthorizationServer
+
+    def check_params(self, request: OAuth2Request, client: Any) -> None:
+        _check_hint(super().check_params, request, client)
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> IssuedToken | None:
+        return find_token(self.server.db, token_string, token_type_hint, self.server.clock())
+
+    def revoke_token(self, token: IssuedToken, request: OAuth2Request) -> None:
+        """The whole family goes: a revoked refresh token takes the access
+        tokens issued with it (§2.1 SHOULD), and a revoked access token takes
+        its refresh token (MAY), so that a client's "log out" really ends it."""
+        now = self.server.clock()
+        revoked = revoke_family(self.server.db, token.row.family_id, now)
+        audit.record(
+            db=self.server.db,
+            event="token.revoked",
+            now=now,
+            client_id=request.client.client_id,
+            ip=getattr(request, "ip", None),
+            request_id=getattr(request, "request_id", None),
+            family=token.row.family_id,
+            revoked=revoked,
+            presented="refresh_token" if token.refresh else "access_token",
+        )
+
+
+class IntrospectionEndpoint(_IntrospectionEndpoint):
+    """Confidential clients (a resource server registered as a client) may
+    introspect any token. With ``BATON_UNAUTHENTICATED_INTROSPECTION`` anyone
+    may, which is what an MCP server's token verifier without credentials
+    needs; it then learns no more than the bearer of the token could."""
+
+    CLIENT_AUTH_METHODS: ClassVar[list[str]] = ["client_secret_basic", "client_secret_post"]
+    server: BatonAuthorizationServer
+
+    def authenticate_endpoint_client(self, request: OAuth2Request) -> Any:
+        if self.server.settings.unauthenticated_introspection and not _has_credentials(request):
+            request.client = None
+            return None
+        return super().authenticate_endpoint_client(request)
+
+    def check_params(self, request: OAuth2Request, client: Any) -> None:
+        _check_hint(super().check_params, request, client)
+
+    def check_permission(self, token: IssuedToken, client: Any, request: OAuth2Request) -> bool:
+        return True
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> IssuedToken | None:
+        return find_token(self.server.db, token_string, token_type_hint, self.server.clock())
+
+    def introspect_token(self, token: IssuedToken) -> dict[str, Any]:
+        row = token.row
+        db = self.server.db
+        client = db.get(Client, row.client_pk)
+        user = db.get(User, row.user_id) if row.user_id is not None else None
+        if user is not None and user.disabled:
+            return {"active": False}
+        payload: dict[str, Any] = {
+            "active": True,
+            "scope": row.scope,
+            "client_id": client.client_id if client is not None else None,
+            "token_type": "refresh_token" if token.refresh else "Bearer",
+            "exp": int(token.expires_at.timestamp()),
+            "iat": int(row.issued_at.timestamp()),
+            "iss": self.server.issuer,
+        }
+        if user is not None:
+            payload["sub"] = user.subject
+            payload["username"] = user.username
+        if row.resource is not None:
+            payload["aud"] = row.resource
+        return payload
+
+
+def _has_credentials(request: OAuth2Request) -> bool:
+    return bool(request.headers.get("Authorization") or request.form.get("client_id"))
