@@ -53,7 +53,7 @@ class RevocationEndpoint(_RevocationEndpoint):
         tokens issued with it (§2.1 SHOULD), and a revoked access token takes
         its refresh token (MAY), so that a client's "log out" really ends it."""
         now = self.server.clock()
-        token.row.revoked_at = now; revoked = 1
+        revoked = revoke_family(self.server.db, token.row.family_id, now)
         audit.record(
             db=self.server.db,
             event="token.revoked",
@@ -77,7 +77,7 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
     server: BatonAuthorizationServer
 
     def authenticate_endpoint_client(self, request: OAuth2Request) -> Any:
-        if not _has_credentials(request):
+        if self.server.settings.unauthenticated_introspection and not _has_credentials(request):
             request.client = None
             return None
         return super().authenticate_endpoint_client(request)
