@@ -10,6 +10,7 @@ cookie jar) is refused exactly like an unknown token.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 from starlette.responses import Response
 
@@ -29,12 +30,18 @@ def hash_of(value: str | None) -> str | None:
     return None if secret is None else tokens.digest(secret)
 
 
+# How long after its flows expire the cookie is still sent: a page opened
+# late learns its flow "expired" with a restart link, not "unknown".
+RESTART_WINDOW = timedelta(hours=1)
+
+
 def set_cookie(response: Response, secret: str, settings: Settings) -> None:
-    # Aged to the flows it binds; refreshed whenever another flow starts.
+    # Aged to the flows it binds, plus the restart window; refreshed whenever
+    # another flow starts.
     response.set_cookie(
         COOKIE_NAME,
         secret,
-        max_age=int(settings.flow_ttl.total_seconds()),
+        max_age=int((settings.flow_ttl + RESTART_WINDOW).total_seconds()),
         path="/",
         secure=settings.secure_cookies,
         httponly=True,

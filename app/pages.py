@@ -1,4 +1,4 @@
-"""The HTML pages Baton serves itself: the login page and the demo."""
+"""The HTML pages Baton serves itself: the login and consent pages, and the demo."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ def _page(name: str) -> Response:
 
 async def login_page(request: Request) -> Response:
     return _page("login.html")
+
+
+async def consent_page(request: Request) -> Response:
+    return _page("consent.html")
 
 
 async def theme(request: Request) -> Response:
@@ -62,6 +66,7 @@ def routes(*, demo: bool) -> list[Route | Mount]:
     found: list[Route | Mount] = [
         Route("/", home, methods=["GET"]),
         Route("/login", login_page, methods=["GET"]),
+        Route("/consent", consent_page, methods=["GET"]),
         Route("/theme.css", theme, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]

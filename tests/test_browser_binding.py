@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
+from app.bindings import RESTART_WINDOW
 from app.db import Database
 from app.main import create_app
 from app.models import AuthorizationCode, BrowserSession
@@ -88,7 +89,8 @@ def test_the_binding_cookie(client: TestClient, app_client: ClientInfo, settings
     assert cookie.startswith("baton_binding=")
     for attribute in ["httponly", "samesite=lax", "path=/", "secure"]:
         assert attribute in cookie
-    assert f"max-age={int(settings.flow_ttl.total_seconds())}" in cookie
+    # The flow's lifetime and the hour in which an expired flow can be restarted.
+    assert f"max-age={int((settings.flow_ttl + RESTART_WINDOW).total_seconds())}" in cookie
 
 
 def test_a_token_stolen_into_another_browser_is_refused(
