@@ -94,6 +94,20 @@ def published(*, db: Session, now: datetime, keep: timedelta) -> list[SigningKey
     )
 
 
+SIGNING = "signing"  # the current key: new ID tokens are signed with it
+PUBLISHED = "published"  # retired, in the JWKS while ID tokens it signed may be valid
+EXPIRED = "expired"  # retired long enough ago: no longer published
+
+
+def status(row: SigningKey, *, signing: SigningKey | None, now: datetime, keep: timedelta) -> str:
+    """Where ``row`` stands, by the rule of :func:`published`."""
+    if signing is not None and row.id == signing.id:
+        return SIGNING
+    if row.retired_at is None or row.retired_at > now - keep:
+        return PUBLISHED
+    return EXPIRED
+
+
 def all_keys(*, db: Session) -> list[SigningKey]:
     return list(db.scalars(select(SigningKey).order_by(SigningKey.created_at, SigningKey.id)))
 

@@ -27,6 +27,7 @@ from app.middleware import (
     ApiGuardMiddleware,
     BodyLimitMiddleware,
     BodyTooLarge,
+    PublicCorsMiddleware,
     RequestIdMiddleware,
     SecurityHeadersMiddleware,
 )
@@ -95,6 +96,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow) ->
             Middleware(RequestIdMiddleware),
             Middleware(MetricsMiddleware, metrics=metrics),
             Middleware(SecurityHeadersMiddleware),
+            Middleware(PublicCorsMiddleware),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),

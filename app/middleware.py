@@ -8,7 +8,7 @@ import time
 import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import logs
@@ -97,7 +97,7 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        cacheable = scope["path"].startswith("/static/")
+        cacheable = scope["path"].startswith("/static/") or scope["path"] in PUBLIC_DOCUMENTS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -109,6 +109,69 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+# Server metadata and keys: the same for everyone, and worth caching.
+PUBLIC_DOCUMENTS = frozenset(
+    {
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/openid-configuration",
+        "/oauth2/jwks",
+    }
+)
+# What a browser-based client (an SPA, the MCP Inspector) calls from its own
+# origin: none of it reads cookies, so any origin may, without credentials.
+PUBLIC_CORS_PATHS = PUBLIC_DOCUMENTS | {
+    "/oauth2/token",
+    "/oauth2/revoke",
+    "/oauth2/register",
+    "/oauth2/userinfo",
+}
+
+
+class PublicCorsMiddleware:
+    """CORS for the endpoints browser-based OAuth clients call directly:
+    ``Access-Control-Allow-Origin: *`` and never credentials, so a page on
+    another origin can discover, register, exchange codes and refresh, but
+    can never ride on a user's Baton cookies. ``/api/v1`` keeps its own
+    exact-origin, credentialed CORS (``BATON_CORS_ORIGINS``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in PUBLIC_CORS_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if "origin" not in headers:
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+            response = Response(
+                status_code=204,
+                headers={
+                    "Access-Control-Allow-Origin": "*",
+                    "Access-Control-Allow-Methods": "GET, POST",
+                    "Access-Control-Allow-Headers": "Authorization, Content-Type, DPoP",
+                    "Access-Control-Max-Age": "600",
+                },
+            )
+            await response(scope, receive, send)
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response_headers = MutableHeaders(scope=message)
+                response_headers["Access-Control-Allow-Origin"] = "*"
+                # Starlette's credentialed CORS (for /api/v1) adds this to
+                # every response; with "*" it must never be sent.
+                if "access-control-allow-credentials" in response_headers:
+                    del response_headers["access-control-allow-credentials"]
+                response_headers["Access-Control-Expose-Headers"] = "WWW-Authenticate, X-Request-ID"
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
 
 
 class BodyLimitMiddleware:

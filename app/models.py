@@ -181,6 +181,9 @@ class Token(Base):
     # rotated refresh token revokes the whole family (OAuth 2.1 §4.3.1).
     family_id: Mapped[str] = mapped_column(String(32), index=True, default=new_public_id)
     refresh_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # RFC 6749 §6: a rotated refresh token keeps the scope of the one it
+    # replaces, even when the access token of a refresh was narrowed.
+    refresh_scope: Mapped[str | None] = mapped_column(String(1024))
     refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # rotated: spent
     resource: Mapped[str | None] = mapped_column(Text)
     auth_time: Mapped[datetime | None] = mapped_column(UTCDateTime)

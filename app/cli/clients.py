@@ -55,8 +55,7 @@ def clients_group() -> None:
 @click.option(
     "--first-party",
     is_flag=True,
-    help="Trusted, made by you. (There is no consent screen yet: every client gets a code "
-    "once the user signs in.)",
+    help="Trusted, made by you: its users are not asked for consent.",
 )
 @click.option("--scope", default=clients.DEFAULT_SCOPE, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print {client_id, client_secret}.")

@@ -54,7 +54,7 @@ def metadata(settings: Settings) -> dict[str, Any]:
         "claims_parameter_supported": False,
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
-        "authorization_response_iss_parameter_supported": False,
+        "authorization_response_iss_parameter_supported": True,
         "resource_indicators_supported": True,
     }
     if settings.dcr:

@@ -100,7 +100,7 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
             return {"active": False}
         payload: dict[str, Any] = {
             "active": True,
-            "scope": row.scope,
+            "scope": token.get_scope(),
             "client_id": client.client_id if client is not None else None,
             "token_type": "refresh_token" if token.refresh else "Bearer",
             "exp": int(token.expires_at.timestamp()),

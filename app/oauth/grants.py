@@ -200,6 +200,8 @@ class IssuedToken:
         return bool(self.row.client_pk == client.pk)
 
     def get_scope(self) -> str:
+        if self.refresh and self.row.refresh_scope is not None:
+            return self.row.refresh_scope
         return self.row.scope
 
     def get_expires_in(self) -> int:

@@ -4,10 +4,16 @@ never first-party, so its users are always asked for consent."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import AccessDeniedError
-from authlib.oauth2.rfc7591 import ClientRegistrationEndpoint, InvalidRedirectURIError
+from authlib.oauth2.rfc7591 import (
+    ClientMetadataClaims,
+    ClientRegistrationEndpoint,
+    InvalidRedirectURIError,
+)
 from authlib.oauth2.rfc7591.errors import InvalidClientMetadataError
 
 from app import audit, clients
@@ -17,11 +23,92 @@ if TYPE_CHECKING:
     from app.oauth.server import BatonAuthorizationServer
 
 MAX_METADATA_STRING = 2000
+MAX_METADATA_LIST = 20
 PUBLIC_METHOD = "none"  # token_endpoint_auth_method of a client without a secret
+# RFC 7591 §2 metadata that Baton reads or authlib validates, by JSON type.
+_STRINGS = (
+    "token_endpoint_auth_method",
+    "client_name",
+    "client_uri",
+    "logo_uri",
+    "scope",
+    "tos_uri",
+    "policy_uri",
+    "jwks_uri",
+    "software_id",
+    "software_version",
+)
+_STRING_LISTS = ("grant_types", "response_types", "contacts")
+# Control characters have no place in metadata; NUL cannot even be stored in
+# PostgreSQL text.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class _ClientMetadataClaims(ClientMetadataClaims):
+    def validate_redirect_uris(self) -> None:
+        # Checked before, by Baton's stricter rule (_check_redirect_uris):
+        # authlib's wants a host, which the private-use scheme of a native
+        # app (``com.example.app:/callback``, RFC 8252 §7.1) has not.
+        return None
+
+
+def _check_redirect_uris(uris: Any) -> list[str]:
+    """RFC 7591 §2 with RFC 8252 §7 / OAuth 2.1 §2.3: https, http on
+    loopback, or a reverse-domain private-use scheme; absolute, without a
+    fragment or user information."""
+    if not isinstance(uris, list) or not uris or not all(isinstance(u, str) for u in uris):
+        raise InvalidRedirectURIError("'redirect_uris' must be a non-empty list of URIs.")
+    if len(uris) > clients.MAX_REDIRECT_URIS:
+        raise InvalidRedirectURIError(
+            f"At most {clients.MAX_REDIRECT_URIS} redirect URIs may be registered."
+        )
+    for uri in uris:
+        if len(uri) > clients.MAX_REDIRECT_URI or _CONTROL.search(uri):
+            raise InvalidRedirectURIError("A redirect URI is too long or not printable.")
+        try:
+            clients.validate_native_or_https_redirect_uri(uri)
+            if "@" in urlsplit(uri).netloc:
+                # "https://app.example@evil.example/" names evil.example.
+                raise clients.InvalidClientMetadata(f"redirect URI {uri!r} has user information")
+        except ValueError as error:  # InvalidClientMetadata, or urlsplit's own
+            raise InvalidRedirectURIError(str(error)) from None
+    return uris
+
+
+def _check_shapes(data: dict[str, Any]) -> None:
+    """JSON types and sizes, before any value is used (no 500 on a number
+    where a string belongs)."""
+    for name in _STRINGS:
+        if name not in data:
+            continue
+        value = data[name]
+        if not isinstance(value, str):
+            raise InvalidClientMetadataError(f"'{name}' must be a string.")
+        if len(value) > MAX_METADATA_STRING:
+            raise InvalidClientMetadataError(f"'{name}' is too long.")
+        if _CONTROL.search(value):
+            raise InvalidClientMetadataError(f"'{name}' contains control characters.")
+    for name in _STRING_LISTS:
+        if name not in data:
+            continue
+        values = data[name]
+        if (
+            not isinstance(values, list)
+            or len(values) > MAX_METADATA_LIST
+            or not all(isinstance(v, str) and len(v) <= MAX_METADATA_STRING for v in values)
+        ):
+            raise InvalidClientMetadataError(f"'{name}' must be a short list of strings.")
+        if any(_CONTROL.search(v) for v in values):
+            raise InvalidClientMetadataError(f"'{name}' contains control characters.")
+    if "jwks" in data and not isinstance(data["jwks"], dict):
+        raise InvalidClientMetadataError("'jwks' must be a JSON Web Key Set.")
 
 
 class RegistrationEndpoint(ClientRegistrationEndpoint):
     server: BatonAuthorizationServer
+
+    def __init__(self, server: BatonAuthorizationServer) -> None:
+        super().__init__(server, claims_classes=[_ClientMetadataClaims])
 
     def authenticate_token(self, request: Any) -> bool:
         # Open registration when enabled (what MCP clients expect); the
@@ -32,18 +119,13 @@ class RegistrationEndpoint(ClientRegistrationEndpoint):
         return metadata(self.server.settings)
 
     def extract_client_metadata(self, request: Any) -> dict[str, Any]:
+        data: dict[str, Any] = request.payload.data
+        uris = _check_redirect_uris(data.get("redirect_uris"))
+        _check_shapes(data)
+        # authlib checks the values against this server's metadata: scopes,
+        # grant types, response types and authentication methods it supports.
         client_metadata: dict[str, Any] = super().extract_client_metadata(request)
-        for name, value in client_metadata.items():
-            if isinstance(value, str) and len(value) > MAX_METADATA_STRING:
-                raise InvalidClientMetadataError(f"'{name}' is too long.")
-        uris = client_metadata.get("redirect_uris")
-        if not isinstance(uris, list) or not uris or not all(isinstance(u, str) for u in uris):
-            raise InvalidRedirectURIError("'redirect_uris' must be a non-empty list of URIs.")
-        for uri in uris:
-            try:
-                clients.validate_native_or_https_redirect_uri(uri)
-            except clients.InvalidClientMetadata as error:
-                raise InvalidRedirectURIError(str(error)) from None
+        client_metadata["redirect_uris"] = uris
         method = client_metadata.setdefault("token_endpoint_auth_method", "client_secret_basic")
         client_metadata.setdefault("grant_types", ["authorization_code"])
         client_metadata.setdefault("response_types", ["code"])

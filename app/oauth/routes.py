@@ -181,22 +181,36 @@ async def register(request: Request) -> Response:
 
 
 async def userinfo(request: Request) -> Response:
-    """OpenID Connect Core 1.0 §5.3, with an access token that has ``openid``."""
+    """OpenID Connect Core 1.0 §5.3, with an access token that has ``openid``.
+    Errors as RFC 6750 §3.1: no or a bad token → 401 ``invalid_token``; a
+    good token without ``openid`` → 403 ``insufficient_scope``."""
     services = _services(request)
     secret = bearer.token_from_header(request.headers.get("authorization"))
 
-    def look_up() -> dict[str, object] | None:
+    def look_up() -> dict[str, object] | str:
         if secret is None:
-            return None
+            return "invalid_token"
         with services.database.transaction() as db:
             found = bearer.authenticate(db=db, token=secret, now=services.clock())
-            if found is None or "openid" not in found.scope.split():
-                return None
+            if found is None:
+                return "invalid_token"
+            if "openid" not in found.scope.split():
+                return "insufficient_scope"
             return dict(user_info(found.user, found.scope))
 
     claims = await to_thread.run_sync(look_up)
-    if claims is None:
-        challenge = 'Bearer error="invalid_token"' if secret is not None else "Bearer"
+    if claims == "insufficient_scope":
+        return JSONResponse(
+            {"error": "insufficient_scope", "error_description": "The token lacks 'openid'."},
+            status_code=403,
+            headers={
+                "WWW-Authenticate": 'Bearer error="insufficient_scope", scope="openid"',
+                "Cache-Control": "no-store",
+            },
+        )
+    if not isinstance(claims, dict):
+        has_token = request.headers.get("authorization") is not None
+        challenge = 'Bearer error="invalid_token"' if has_token else "Bearer"
         return JSONResponse(
             {"error": "invalid_token", "error_description": "A valid access token is required."},
             status_code=401,

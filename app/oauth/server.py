@@ -207,6 +207,7 @@ class BatonAuthorizationServer(AuthorizationServer):
         if code is not None:
             grant_id, family, resource = code.grant_id, tokens.new_public_id(), code.resource
             auth_time: datetime | None = code.auth_time
+            refresh_scope = token.get("scope", "")
         elif previous is not None:
             row = previous.row
             grant_id, family, resource, auth_time = (
@@ -215,6 +216,7 @@ class BatonAuthorizationServer(AuthorizationServer):
                 row.resource,
                 row.auth_time,
             )
+            refresh_scope = previous.get_scope()
         else:  # pragma: no cover - Baton registers no other token grant
             raise RuntimeError("a token without a code or refresh token")
         refresh = token.get("refresh_token")
@@ -251,6 +253,7 @@ class BatonAuthorizationServer(AuthorizationServer):
                 grant_id=grant_id,
                 family_id=family,
                 refresh_expires_at=refresh_expires_at,
+                refresh_scope=refresh_scope if refresh else None,
                 resource=resource,
                 auth_time=auth_time,
             )
@@ -273,6 +276,34 @@ class BatonAuthorizationServer(AuthorizationServer):
     # -- endpoints -------------------------------------------------------------
 
     def authorize(
+        self,
+        request: BatonOAuth2Request,
+        *,
+        session_secret: str | None,
+        binding_secret: str,
+        ip: str | None,
+        user_agent: str | None,
+    ) -> OAuthResponse:
+        """``GET /oauth2/authorize``; see :meth:`_authorize`. Every answer sent
+        back to the client's redirect URI, code or error, names this server as
+        ``iss`` (RFC 9207), so a client talking to several servers cannot be
+        fooled into sending a code to the wrong one (mix-up attacks)."""
+        response = self._authorize(
+            request,
+            session_secret=session_secret,
+            binding_secret=binding_secret,
+            ip=ip,
+            user_agent=user_agent,
+        )
+        location = response.location
+        if response.status != 302 or response.flow_created or location is None:
+            return response
+        separator = "&" if "?" in location else "?"
+        location += separator + urlencode({"iss": self.issuer})
+        headers = [(k, v) for k, v in response.headers if k.lower() != "location"]
+        return OAuthResponse(302, response.body, [*headers, ("Location", location)])
+
+    def _authorize(
         self,
         request: BatonOAuth2Request,
         *,
