@@ -110,10 +110,18 @@ def create_db_engine(url: str, *, pool: PoolOptions | None = None, **kwargs: Any
     def _on_begin(connection: Any) -> None:
         # IMMEDIATE takes the write lock up front, so two concurrent writers
         # queue on busy_timeout instead of failing with "database is locked"
-        # when a read lock cannot be upgraded.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # when a read lock cannot be upgraded. A unit of work that only reads
+        # (introspection, JWKS, describing a flow) takes no lock: under WAL
+        # it reads a snapshot while writers go on.
+        if connection.get_execution_options().get(READ_ONLY):
+            connection.exec_driver_sql("BEGIN DEFERRED")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+READ_ONLY = "baton_read_only"
 
 
 class Database:
@@ -123,12 +131,26 @@ class Database:
         self.url = url
         self.engine = create_db_engine(url, pool=pool, **engine_kwargs)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._reading = sessionmaker(
+            self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """One unit of work: commits on success, rolls back on any exception."""
         with self._sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A unit of work that only reads. On SQLite it does not take the write
+        lock; anything it writes anyway is rolled back, never committed."""
+        session = self._reading()
+        try:
+            yield session
+        finally:
+            session.rollback()
+            session.close()
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -77,7 +77,7 @@ async def login_flow(request: Request) -> Response:
     binding_hash = bindings.hash_of(request.cookies.get(bindings.COOKIE_NAME))
 
     def lookup() -> flows.FlowView:
-        with services.database.transaction() as db:
+        with services.database.reading() as db:
             return flows.describe(
                 db=db, token=token, binding_hash=binding_hash, now=services.clock()
             )

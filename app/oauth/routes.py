@@ -190,7 +190,7 @@ async def userinfo(request: Request) -> Response:
     def look_up() -> dict[str, object] | str:
         if secret is None:
             return "invalid_token"
-        with services.database.transaction() as db:
+        with services.database.reading() as db:
             found = bearer.authenticate(db=db, token=secret, now=services.clock())
             if found is None:
                 return "invalid_token"

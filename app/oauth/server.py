@@ -184,8 +184,9 @@ class BatonAuthorizationServer(AuthorizationServer):
         return _current_db.get()
 
     @contextmanager
-    def _unit_of_work(self) -> Iterator[Session]:
-        with self.database.transaction() as db:
+    def _unit_of_work(self, *, read_only: bool = False) -> Iterator[Session]:
+        unit = self.database.reading() if read_only else self.database.transaction()
+        with unit as db:
             reset = _current_db.set(db)
             try:
                 yield db
@@ -438,20 +439,26 @@ class BatonAuthorizationServer(AuthorizationServer):
 
     def introspect(self, request: BatonOAuth2Request) -> OAuthResponse:
         """``POST /oauth2/introspect`` (RFC 7662)."""
-        return self._endpoint(IntrospectionEndpoint.ENDPOINT_NAME, request)
+        return self._endpoint(IntrospectionEndpoint.ENDPOINT_NAME, request, read_only=True)
 
     def register(self, request: BatonJsonRequest) -> OAuthResponse:
         """``POST /oauth2/register`` (RFC 7591)."""
         return self._endpoint(RegistrationEndpoint.ENDPOINT_NAME, request)
 
-    def _endpoint(self, name: str, request: BatonOAuth2Request | BatonJsonRequest) -> OAuthResponse:
+    def _endpoint(
+        self,
+        name: str,
+        request: BatonOAuth2Request | BatonJsonRequest,
+        *,
+        read_only: bool = False,
+    ) -> OAuthResponse:
         if isinstance(request, BatonOAuth2Request) and any(
             len(values) > 1 for values in request.payload.datalist.values()
         ):
             error = InvalidRequestError("A parameter is repeated.")
             return _response(self.handle_error_response(request, error))
         try:
-            with self._unit_of_work():
+            with self._unit_of_work(read_only=read_only):
                 response = _response(_guard(lambda: self.create_endpoint_response(name, request)))
                 if not 200 <= response.status < 300:  # registration answers 201
                     raise _Abort(response)
