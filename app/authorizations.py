@@ -64,8 +64,30 @@ def approve(
 ) -> Grant:
     """Remember the user's approval of ``scope``: added to the live grant when
     there is one (its lifetime starts again), else a new grant."""
-    grant = find(db=db, user_id=user_id, client_pk=client_pk, now=now)
-    if grant is None:
+    live = find(db=db, user_id=user_id, client_pk=client_pk, now=now)
+    return extend(
+        db=db,
+        live=live,
+        user_id=user_id,
+        client_pk=client_pk,
+        scope=scope,
+        now=now,
+        lifetime=lifetime,
+    )
+
+
+def extend(
+    *,
+    db: Session,
+    live: Grant | None,
+    user_id: int,
+    client_pk: int,
+    scope: str,
+    now: datetime,
+    lifetime: timedelta,
+) -> Grant:
+    """:func:`approve` when the caller already holds the live grant (or ``None``)."""
+    if live is None:
         grant = Grant(
             public_id=tokens.new_public_id(),
             user_id=user_id,
@@ -77,6 +99,7 @@ def approve(
         )
         db.add(grant)
     else:
+        grant = live
         grant.scope = " ".join(_scopes(grant.scope + " " + scope))
         grant.updated_at = now
         grant.expires_at = now + lifetime

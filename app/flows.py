@@ -52,10 +52,11 @@ def create(
     ip: str | None = None,
     user_agent: str | None = None,
     subject_id: int | None = None,
+    public_id: str | None = None,
 ) -> NewFlow:
     token = tokens.new_secret()
     row = PendingFlow(
-        public_id=tokens.new_public_id(),
+        public_id=public_id or tokens.new_public_id(),
         token_hash=tokens.digest(token),
         kind=kind,
         client_pk=client_pk,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from starlette.requests import Request
@@ -20,8 +21,14 @@ def demo_redirect_uri(public_url: str) -> str:
     return public_url + "/demo/callback"
 
 
+@cache
+def _html(name: str) -> bytes:
+    # Read once: the pages ship with the package and do not change at run time.
+    return (STATIC / name).read_bytes()
+
+
 def _page(name: str) -> Response:
-    return FileResponse(STATIC / name, headers={"Cache-Control": "no-store"})
+    return Response(_html(name), media_type="text/html", headers={"Cache-Control": "no-store"})
 
 
 async def login_page(request: Request) -> Response:

@@ -289,6 +289,9 @@ def serve(ctx: Context, host: str, port: int, workers: int) -> None:
         # the worker. A reverse proxy should still enforce read timeouts.
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=5,
+        # h11, whose head-size cap this is (httptools has none we can set);
+        # uvloop runs the event loop when it is installed (it is a dependency).
+        http="h11",
         h11_max_incomplete_event_size=16 * 1024,
         # On SIGTERM, requests in flight get this long to finish.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace.total_seconds()),

@@ -307,9 +307,14 @@ class BatonOpenIDCode(OpenIDCode):
         self.server = server
 
     def _key(self) -> Any:
-        return keys.ensure(
-            db=self.server.db, alg=self.server.settings.signing_alg, now=self.server.clock()
-        )
+        """The signing key, looked up once per unit of work (authlib asks for
+        it three times per ID token: key, algorithm, header)."""
+        db = self.server.db
+        key = db.info.get("baton_signing_key")
+        if key is None:
+            key = keys.ensure(db=db, alg=self.server.settings.signing_alg, now=self.server.clock())
+            db.info["baton_signing_key"] = key
+        return key
 
     def exists_nonce(self, nonce: str, request: OAuth2Request) -> bool:
         # A nonce seen with this client before is a replayed authorization request.

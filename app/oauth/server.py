@@ -196,8 +196,12 @@ class BatonAuthorizationServer(AuthorizationServer):
     # -- authlib hooks ---------------------------------------------------------
 
     def query_client(self, client_id: str) -> OAuthClient | None:
-        row = clients.get(db=self.db, client_id=client_id)
-        return None if row is None else OAuthClient(row)
+        # authlib asks more than once per request; once per unit of work is enough.
+        cache: dict[str, OAuthClient | None] = self.db.info.setdefault("baton_clients", {})
+        if client_id not in cache:
+            row = clients.get(db=self.db, client_id=client_id)
+            cache[client_id] = None if row is None else OAuthClient(row)
+        return cache[client_id]
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         """Store a new token, as hashes: a code exchange starts a family, a
@@ -377,9 +381,10 @@ class BatonAuthorizationServer(AuthorizationServer):
                         request, ConsentRequiredError(redirect_uri=grant.redirect_uri)
                     )
                 return pause.consent(user.id)
-            if client.first_party or (resumed is not None and resumed.kind == flows.KIND_CONSENT):
-                existing = authorizations.approve(
+            if client.first_party:  # (a consent answer stored its grant already)
+                existing = authorizations.extend(
                     db=db,
+                    live=existing,
                     user_id=user.id,
                     client_pk=client.id,
                     scope=scope,
@@ -569,11 +574,14 @@ class _Pause:
         params = request.payload.data
         kept = {name: params[name] for name in RESUMABLE_PARAMETERS if name in params}
         kept.pop("flow", None)
+        # The resume URL names its flow, so that it continues only once.
+        public_id = tokens.new_public_id()
         flow = flows.create(
             db=server.db,
             client_pk=request.client.pk,
             request=kept | {"scope": request.scope},
-            redir_to=resume_path(kept),
+            redir_to=resume_path(kept | {"flow": public_id}),
+            public_id=public_id,
             now=now,
             ttl=server.settings.flow_ttl,
             kind=kind,
@@ -582,8 +590,6 @@ class _Pause:
             user_agent=self.agent,
             subject_id=subject_id,
         )
-        # The resume URL names its flow, so that it continues only once.
-        flow.row.redir_to = resume_path(kept | {"flow": flow.row.public_id})
         audit.record(
             db=server.db,
             event="flow.created",
