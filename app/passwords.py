@@ -9,9 +9,12 @@ memory, and a caller that cannot get a slot within ``wait`` is refused
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import os
 import re
 import secrets
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -142,6 +145,20 @@ class _Unobserved:
         pass
 
 
+HASHING_NICENESS = 10
+
+
+def _yield_to_requests() -> None:
+    """Run this hashing thread (and the lanes argon2 starts from it, which
+    inherit it) at a lower CPU priority than the event loop: a login storm
+    then slows logins, not token, introspection and health requests. Linux
+    applies niceness per thread; elsewhere this does nothing."""
+    with contextlib.suppress(AttributeError, OSError):
+        thread = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, current + HASHING_NICENESS))
+
+
 class HashingPool:
     """A bounded pool of threads for password hashing (argon2 releases the GIL)."""
 
@@ -157,7 +174,9 @@ class HashingPool:
         self._observer = observer or _Unobserved()
         self.cost = cost
         self._wait = wait.total_seconds()
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash")
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="hash", initializer=_yield_to_requests
+        )
         self._slots = asyncio.Semaphore(workers)
         # Unknown users are checked against this hash so that they cost the
         # same time as a wrong password (no username enumeration by timing):

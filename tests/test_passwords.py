@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from datetime import timedelta
 
@@ -165,3 +166,17 @@ def test_the_default_cost_uses_the_module_hasher_tests_swap(
             pool.shutdown()
 
     assert asyncio.run(scenario()).startswith("$argon2id$v=19$m=8,t=1,p=1$")
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread niceness is Linux's")
+def test_hashing_threads_run_below_the_event_loop() -> None:
+    """A login storm must not starve token and health requests of CPU."""
+    pool = HashingPool(1, timedelta(seconds=5))
+    try:
+        here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        niceness = pool._executor.submit(
+            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        ).result()
+    finally:
+        pool.shutdown()
+    assert niceness == min(19, here + passwords.HASHING_NICENESS)
