@@ -116,7 +116,8 @@ def assert_the_whole_flow(report: dict[str, Any], server: Server, kind: str) -> 
     assert consent["page"] == "consent"
     assert consent["client"]["client_id"] == client_id
     assert consent["scopes"] == SCOPE.split()
-    assert steps["authorize"]["callback_parameters"] == ["code", "state"]
+    # iss (RFC 9207): advertised, so openid-client checked it against the issuer.
+    assert steps["authorize"]["callback_parameters"] == ["code", "iss", "state"]
     assert steps["authorize again"]["pages"] == []
 
     # The ID token, validated by the library (signature, iss, aud, nonce, exp).
