@@ -145,7 +145,7 @@ class _Unobserved:
         pass
 
 
-HASHING_NICENESS = 10
+HASHING_NICENESS = 19
 
 
 def _yield_to_requests() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -16,6 +17,9 @@ from app.models import AuditEvent, BrowserSession, LoginFailure
 log = logging.getLogger("baton.purge")
 
 BATCH_SIZE = 1000
+# The scheduled purge rests as long as each batch took: at most half of one
+# database connection's time, so a backlog of millions never crowds out logins.
+SCHEDULED_PAUSE = 1.0
 
 
 def purge(
@@ -25,11 +29,14 @@ def purge(
     older_than: timedelta,
     batch_size: int = BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
+    pause: float = 0.0,
 ) -> int:
     """Delete flows that ended more than ``older_than`` before ``now``.
 
     Each batch is its own short transaction, so a purge of millions of rows
-    never holds locks for long and runs safely beside a serving Baton.
+    never holds locks for long and runs safely beside a serving Baton. With
+    ``pause``, it rests that fraction of each batch's duration before the
+    next, leaving the database to the requests being served.
     """
     cutoff = now - max(older_than, timedelta(0))
     # Sessions that ended first: a purged flow would otherwise make the
@@ -43,9 +50,12 @@ def purge(
     )
     total = 0
     while True:
+        started = time.monotonic()
         with database.transaction() as db:
             deleted = flows.purge_batch(db=db, cutoff=cutoff, batch_size=batch_size)
         total += deleted
+        if pause and deleted == batch_size:
+            time.sleep((time.monotonic() - started) * pause)
         if on_batch is not None and deleted:
             on_batch(total)
         if deleted < batch_size:
@@ -70,7 +80,7 @@ async def purge_periodically(
         await asyncio.sleep(interval.total_seconds())
         try:
             deleted = await to_thread.run_sync(
-                lambda: purge(database, now=clock(), older_than=older_than)
+                lambda: purge(database, now=clock(), older_than=older_than, pause=SCHEDULED_PAUSE)
             )
             if forget_failures_after is not None:
                 await to_thread.run_sync(

@@ -569,7 +569,7 @@ def server_purge(url: str, batch_size: int) -> dict[str, Any]:
     """``app.purge.purge`` as the server's scheduled purge calls it (its pool
     settings, its batch size), run in a process of its own: a PurgeRun's fields."""
     from app.db import Database, PoolOptions, utcnow
-    from app.purge import purge
+    from app.purge import SCHEDULED_PAUSE, purge
 
     database = Database(url, pool=PoolOptions())
     batches: list[tuple[float, int]] = []
@@ -582,6 +582,7 @@ def server_purge(url: str, batch_size: int) -> dict[str, Any]:
             older_than=PURGE_OLDER_THAN,
             batch_size=batch_size,
             on_batch=lambda total: batches.append((time.monotonic(), total)),
+            pause=SCHEDULED_PAUSE,
         )
         ended = time.monotonic()
     finally:

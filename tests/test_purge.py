@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from app import audit, sessions
 from app.db import Database, utcnow
-from app.models import AuditEvent, BrowserSession, User
+from app.models import AuditEvent, BrowserSession, Client, User
 from app.purge import delete_in_batches, purge
 from tests.factories import create_user
 
@@ -58,3 +59,34 @@ def test_batches_delete_everything_that_matches_and_nothing_else(database: Datab
     with database.transaction() as db:
         assert db.scalars(select(AuditEvent.event)).all() == ["test.new"]
         assert db.scalar(select(func.count()).select_from(AuditEvent)) == 1
+
+
+def test_the_scheduled_purge_rests_between_full_batches(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app import flows
+    from app import purge as purge_module
+    from tests.factories import create_client
+
+    client = create_client(database)
+    now = utcnow()
+    with database.transaction() as db:
+        client_pk = db.scalars(select(Client.id).where(Client.client_id == client.client_id)).one()
+        for _ in range(5):
+            flows.create(
+                db=db,
+                client_pk=client_pk,
+                request={},
+                redir_to="/oauth2/authorize?",
+                now=now - timedelta(days=3),
+                ttl=timedelta(minutes=10),
+            )
+    rests: list[float] = []
+    monkeypatch.setattr(purge_module.time, "sleep", rests.append)
+
+    deleted = purge(database, now=now, older_than=timedelta(days=1), batch_size=2, pause=1.0)
+
+    assert deleted == 5
+    assert len(rests) == 2  # after each full batch, not after the last, partial one
+    assert all(rest >= 0 for rest in rests)
+    assert purge_module.SCHEDULED_PAUSE > 0
