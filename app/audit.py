@@ -8,7 +8,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.models import AuditEvent
@@ -82,8 +82,3 @@ def recent(
     if since is not None:
         query = query.where(AuditEvent.occurred_at >= since)
     return list(db.scalars(query.limit(limit)))
-
-
-def forget_before(*, db: Session, cutoff: datetime) -> int:
-    result = db.execute(delete(AuditEvent).where(AuditEvent.occurred_at < cutoff))
-    return int(getattr(result, "rowcount", 0) or 0)

@@ -79,8 +79,3 @@ def record_failure(*, db: Session, username: str, ip: str | None, now: datetime)
 def reset_user(*, db: Session, username: str) -> None:
     """A successful login clears the username's failures (not the IP's)."""
     db.execute(delete(LoginFailure).where(LoginFailure.key == user_key(username)))
-
-
-def forget_before(*, db: Session, cutoff: datetime) -> int:
-    result = db.execute(delete(LoginFailure).where(LoginFailure.occurred_at < cutoff))
-    return int(getattr(result, "rowcount", 0) or 0)

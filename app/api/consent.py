@@ -16,17 +16,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app import audit, authorizations, bindings, flows, problems, sessions
+from app.api.common import NO_STORE, flow_document, redirection_token_parameter, services_of
 from app.api.schemas import ConsentDecision, parse
 from app.login import RETRY_GRACE
 from app.models import PendingFlow, User
 from app.services import Services
-
-NO_STORE = {"Cache-Control": "no-store"}
-
-
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,25 +52,10 @@ def _signed_in(services: Services, db: Any, caller: _Caller) -> User:
     return user
 
 
-def _token_parameter(request: Request) -> str:
-    token = request.query_params.get("redirection_token")
-    if not token:
-        raise problems.validation_error(
-            "The redirection_token query parameter is required.",
-            problems.InvalidField(
-                name="redirection_token",
-                error="invalid_value",
-                title="This parameter is required.",
-                pointer="/redirection_token",
-            ),
-        )
-    return token
-
-
 async def describe(request: Request) -> Response:
     """What the consent page shows: who asks, for what, until when."""
-    services = _services(request)
-    token = _token_parameter(request)
+    services = services_of(request)
+    token = redirection_token_parameter(request)
     caller = _caller(request)
 
     def lookup() -> dict[str, Any]:
@@ -91,18 +70,11 @@ async def describe(request: Request) -> Response:
                 kind=flows.KIND_CONSENT,
                 subject_id=user.id,
             )
-        document: dict[str, Any] = {"status": view.status, "username": user.username}
-        if view.client_id is not None:
-            document["client"] = {"client_id": view.client_id, "name": view.client_name}
-            document["scopes"] = [
-                {"name": scope, "description": authorizations.describe_scope(scope)}
-                for scope in view.scopes
-            ]
-        if view.status == "pending" and view.expires_at is not None:
-            document["expires_at"] = view.expires_at.isoformat()
-            document["expires_in"] = max(0, int((view.expires_at - now).total_seconds()))
-        if view.restart_path is not None:
-            document["restart_url"] = view.restart_path
+        scopes = [
+            {"name": scope, "description": authorizations.describe_scope(scope)}
+            for scope in view.scopes
+        ]
+        document = flow_document(view, now, scopes) | {"username": user.username}
         return document
 
     return JSONResponse(await to_thread.run_sync(lookup), headers=NO_STORE)
@@ -112,7 +84,7 @@ async def decide(request: Request) -> Response:
     """Approve (all or some of the scopes) or deny, once. The answer is the
     path that resumes the authorization request: on approval it issues the
     code, on refusal the client gets ``access_denied``."""
-    services = _services(request)
+    services = services_of(request)
     body = parse(ConsentDecision, await request.body())
     caller = _caller(request)
 
@@ -211,7 +183,7 @@ def _approved_scope(body: ConsentDecision, requested: tuple[str, ...]) -> str:
 
 
 async def list_authorizations(request: Request) -> Response:
-    services = _services(request)
+    services = services_of(request)
     caller = _caller(request)
 
     def lookup() -> list[dict[str, Any]]:
@@ -236,7 +208,7 @@ async def list_authorizations(request: Request) -> Response:
 
 async def revoke_authorization(request: Request) -> Response:
     """Revoke one of the current user's grants and every token issued under it."""
-    services = _services(request)
+    services = services_of(request)
     caller = _caller(request)
     grant_id = request.path_params["grant_id"]
 

@@ -14,19 +14,17 @@ from starlette.routing import Route
 
 from app import audit, bindings, flows, problems, sessions
 from app.api import consent
+from app.api.common import (
+    NO_STORE,
+    flow_document,
+    redirection_token_parameter,
+    services_of,
+)
 from app.api.schemas import LoginRequest, parse
 from app.login import Attempt, log_in
 from app.models import User
 from app.oauth import bearer
 from app.passwords import HashingOverloaded
-from app.services import Services
-
-NO_STORE = {"Cache-Control": "no-store"}
-
-
-def services_of(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
 
 
 async def login(request: Request) -> Response:
@@ -63,17 +61,7 @@ async def login(request: Request) -> Response:
 async def login_flow(request: Request) -> Response:
     """What a login page may know about its redirection token before posting."""
     services = services_of(request)
-    token = request.query_params.get("redirection_token")
-    if not token:
-        raise problems.validation_error(
-            "The redirection_token query parameter is required.",
-            problems.InvalidField(
-                name="redirection_token",
-                error="invalid_value",
-                title="This parameter is required.",
-                pointer="/redirection_token",
-            ),
-        )
+    token = redirection_token_parameter(request)
     binding_hash = bindings.hash_of(request.cookies.get(bindings.COOKIE_NAME))
 
     def lookup() -> flows.FlowView:
@@ -83,16 +71,7 @@ async def login_flow(request: Request) -> Response:
             )
 
     view = await to_thread.run_sync(lookup)
-    now = services.clock()
-    document: dict[str, Any] = {"status": view.status}
-    if view.client_id is not None:
-        document["client"] = {"client_id": view.client_id, "name": view.client_name}
-        document["scopes"] = list(view.scopes)
-    if view.status == "pending" and view.expires_at is not None:
-        document["expires_at"] = view.expires_at.isoformat()
-        document["expires_in"] = max(0, int((view.expires_at - now).total_seconds()))
-    if view.restart_path is not None:
-        document["restart_url"] = view.restart_path
+    document = flow_document(view, services.clock(), list(view.scopes))
     return JSONResponse(document, headers=NO_STORE)
 
 
