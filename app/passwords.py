@@ -150,11 +150,17 @@ HASHING_NICENESS = 19
 
 def _yield_to_requests() -> None:
     """Run this hashing thread (and the lanes argon2 starts from it, which
-    inherit it) at a lower CPU priority than the event loop: a login storm
-    then slows logins, not token, introspection and health requests. Linux
-    applies niceness per thread; elsewhere this does nothing."""
+    inherit it) below every request: a login storm then slows logins, not
+    token, introspection and health requests. On Linux the thread takes the
+    ``SCHED_IDLE`` policy, which runs it only on a CPU that nothing else
+    wants (niceness 19 still lets it hold a CPU for a whole time slice while
+    the event loop waits); where that is refused it is niced instead.
+    Elsewhere this does nothing."""
+    thread = threading.get_native_id()
     with contextlib.suppress(AttributeError, OSError):
-        thread = threading.get_native_id()
+        os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))
+        return
+    with contextlib.suppress(AttributeError, OSError):
         current = os.getpriority(os.PRIO_PROCESS, thread)
         os.setpriority(os.PRIO_PROCESS, thread, min(19, current + HASHING_NICENESS))
 

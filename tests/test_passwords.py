@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Callable
 from datetime import timedelta
+from typing import TypeVar
 
 import bcrypt
 import pytest
@@ -13,6 +15,8 @@ from argon2 import PasswordHasher, extract_parameters
 
 from app import passwords
 from app.passwords import HashingOverloaded, HashingPool, hash_password, verify_password
+
+T = TypeVar("T")
 
 
 def test_argon2id_round_trip() -> None:
@@ -168,15 +172,32 @@ def test_the_default_cost_uses_the_module_hasher_tests_swap(
     assert asyncio.run(scenario()).startswith("$argon2id$v=19$m=8,t=1,p=1$")
 
 
-@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread niceness is Linux's")
-def test_hashing_threads_run_below_the_event_loop() -> None:
-    """A login storm must not starve token and health requests of CPU."""
+def _in_a_hashing_thread(probe: Callable[[], T]) -> T:
     pool = HashingPool(1, timedelta(seconds=5))
     try:
-        here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        niceness = pool._executor.submit(
-            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        ).result()
+        return pool._executor.submit(probe).result()
     finally:
         pool.shutdown()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_hashing_threads_run_only_on_idle_cpu() -> None:
+    """A login storm must not starve token and health requests of CPU."""
+    policy = _in_a_hashing_thread(lambda: os.sched_getscheduler(threading.get_native_id()))
+    assert policy == os.SCHED_IDLE
+    assert os.sched_getscheduler(threading.get_native_id()) != os.SCHED_IDLE
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread niceness is Linux's")
+def test_hashing_threads_are_niced_where_sched_idle_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(*args: object) -> None:
+        raise PermissionError("not here")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    niceness = _in_a_hashing_thread(
+        lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    )
     assert niceness == min(19, here + passwords.HASHING_NICENESS)
