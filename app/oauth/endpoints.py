@@ -9,7 +9,6 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
 
 from app import audit
-from app.models import Client, User
 from app.oauth.grants import IssuedToken, find_token, revoke_family
 
 if TYPE_CHECKING:
@@ -92,16 +91,13 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
         return find_token(self.server.db, token_string, token_type_hint, self.server.clock())
 
     def introspect_token(self, token: IssuedToken) -> dict[str, Any]:
-        row = token.row
-        db = self.server.db
-        client = db.get(Client, row.client_pk)
-        user = db.get(User, row.user_id) if row.user_id is not None else None
+        row, client, user = token.row, token.client, token.user
         if user is not None and user.disabled:
             return {"active": False}
         payload: dict[str, Any] = {
             "active": True,
             "scope": token.get_scope(),
-            "client_id": client.client_id if client is not None else None,
+            "client_id": client.client_id,
             "token_type": "refresh_token" if token.refresh else "Bearer",
             "exp": int(token.expires_at.timestamp()),
             "iat": int(row.issued_at.timestamp()),

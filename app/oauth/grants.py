@@ -184,10 +184,17 @@ class IssuedToken:
     """authlib's ``TokenMixin`` over a row of ``tokens``, seen as the access
     token or as the refresh token that was presented."""
 
-    def __init__(self, row: Token, *, refresh: bool, now: datetime) -> None:
+    def __init__(
+        self, row: Token, *, refresh: bool, now: datetime, client: Client, user: User | None
+    ) -> None:
         self.row = row
         self.refresh = refresh
         self.now = now
+        # Loaded with the token in one statement. Held here: the session's
+        # identity map holds objects weakly, so a later ``db.get`` of them
+        # would otherwise go back to the database.
+        self.client = client
+        self.user = user
 
     @property
     def expires_at(self) -> datetime:
@@ -232,8 +239,10 @@ def find_token(db: Any, secret: str, hint: str | None, now: datetime) -> IssuedT
     ).first()
     if found is None:
         return None
-    row = found[0]
-    return IssuedToken(row, refresh=row.access_token_hash != digest, now=now)
+    row, client, user = found
+    return IssuedToken(
+        row, refresh=row.access_token_hash != digest, now=now, client=client, user=user
+    )
 
 
 def revoke_family(db: Any, family_id: str, now: datetime) -> int:
@@ -290,8 +299,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             raise InvalidTargetError("The 'resource' differs from the authorization request.")
 
     def authenticate_user(self, refresh_token: IssuedToken) -> User | None:
-        user_id = refresh_token.row.user_id
-        user = None if user_id is None else self.server.db.get(User, user_id)
+        user = refresh_token.user
         if user is None or user.disabled:
             raise InvalidGrantError("The user of this refresh token cannot sign in.")
         return user
