@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from app import tokens
@@ -38,14 +38,23 @@ def _live(now: datetime) -> tuple[ColumnElement[bool], ...]:
     return (Grant.revoked_at.is_(None), Grant.expires_at > now)
 
 
+# Built once: building a statement and its cache key costs more than running it.
+_LIVE_GRANT = (
+    select(Grant)
+    .where(
+        Grant.user_id == bindparam("user_id"),
+        Grant.client_pk == bindparam("client_pk"),
+        Grant.revoked_at.is_(None),
+        Grant.expires_at > bindparam("now"),
+    )
+    .order_by(Grant.updated_at.desc(), Grant.id.desc())
+    .limit(1)
+)
+
+
 def find(*, db: Session, user_id: int, client_pk: int, now: datetime) -> Grant | None:
     """The user's live grant for the client, if any (the newest wins)."""
-    return db.scalar(
-        select(Grant)
-        .where(Grant.user_id == user_id, Grant.client_pk == client_pk, *_live(now))
-        .order_by(Grant.updated_at.desc(), Grant.id.desc())
-        .limit(1)
-    )
+    return db.scalar(_LIVE_GRANT, {"user_id": user_id, "client_pk": client_pk, "now": now})
 
 
 def covers(grant: Grant | None, scope: str) -> bool:

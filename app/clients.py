@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -143,10 +143,14 @@ def register(
     return Registered(client=client, secret=secret)
 
 
+# Built once: building the statement and its cache key cost more than running it.
+_BY_CLIENT_ID = select(Client).where(Client.client_id == bindparam("client_id"))
+
+
 def get(*, db: Session, client_id: str) -> Client | None:
     if "\x00" in client_id:  # no stored id has one, and PostgreSQL text cannot
         return None
-    return db.scalar(select(Client).where(Client.client_id == client_id))
+    return db.scalar(_BY_CLIENT_ID, {"client_id": client_id})
 
 
 def list_all(*, db: Session) -> list[Client]:

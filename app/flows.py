@@ -12,7 +12,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, delete, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from app import redirects, tokens
@@ -99,16 +110,41 @@ def consume(
     if len(token) > MAX_TOKEN_LENGTH:
         return None
     row = db.execute(
+        _CONSUME[binding_hash is not None],
+        {
+            "digest": tokens.digest(token),
+            "flow_kind": kind,
+            "now": now,
+            "binding": binding_hash,
+            "user_id": user_id,
+        },
+    ).one_or_none()
+    if row is None:
+        return None
+    return _consumed(db, row.id, row.public_id, row.redir_to, row.client_pk)
+
+
+def _consume_statement(bound: bool) -> Any:
+    """Built once for each case: whether the browser sent a binding."""
+    matches = (
+        or_(
+            PendingFlow.binding_hash.is_(None),
+            PendingFlow.binding_hash == bindparam("binding"),
+        )
+        if bound
+        else PendingFlow.binding_hash.is_(None)
+    )
+    return (
         update(PendingFlow)
         .where(
-            PendingFlow.token_hash == tokens.digest(token),
-            PendingFlow.kind == kind,
+            PendingFlow.token_hash == bindparam("digest"),
+            PendingFlow.kind == bindparam("flow_kind"),
             PendingFlow.consumed_at.is_(None),
             PendingFlow.revoked_at.is_(None),
-            PendingFlow.expires_at > now,
-            _binding_matches(binding_hash),
+            PendingFlow.expires_at > bindparam("now"),
+            matches,
         )
-        .values(consumed_at=now, consumed_by=user_id)
+        .values(consumed_at=bindparam("now"), consumed_by=bindparam("user_id"))
         .returning(
             PendingFlow.id,
             PendingFlow.public_id,
@@ -116,14 +152,29 @@ def consume(
             PendingFlow.client_pk,
         )
         .execution_options(synchronize_session=False)
-    ).one_or_none()
-    if row is None:
-        return None
-    return _consumed(db, row.id, row.public_id, row.redir_to, row.client_pk)
+    )
+
+
+# Built once: building a statement and its cache key costs more than running it.
+_CONSUME = {bound: _consume_statement(bound) for bound in (False, True)}
+_CLIENT_ID = select(Client.client_id).where(Client.id == bindparam("client_pk"))
+_RESUME = (
+    update(PendingFlow)
+    .where(
+        PendingFlow.public_id == bindparam("flow"),
+        PendingFlow.consumed_by == bindparam("user_id"),
+        PendingFlow.client_pk == bindparam("client"),
+        PendingFlow.consumed_at.is_not(None),
+        PendingFlow.resumed_at.is_(None),
+    )
+    .values(resumed_at=bindparam("now"))
+    .returning(PendingFlow.kind, PendingFlow.decision)
+    .execution_options(synchronize_session=False)
+)
 
 
 def _consumed(db: Session, id: int, public_id: str, redir_to: str, client_pk: int) -> ConsumedFlow:
-    client_id = db.scalar(select(Client.client_id).where(Client.id == client_pk))
+    client_id = db.scalar(_CLIENT_ID, {"client_pk": client_pk})
     return ConsumedFlow(
         id=id, public_id=public_id, redir_to=redirects.rebuild(redir_to), client_id=client_id or ""
     )
@@ -173,17 +224,7 @@ def mark_resumed(
     decision. ``None`` when the flow is not this user's or was resumed before.
     """
     row = db.execute(
-        update(PendingFlow)
-        .where(
-            PendingFlow.public_id == public_id,
-            PendingFlow.consumed_by == user_id,
-            PendingFlow.client_pk == client_pk,
-            PendingFlow.consumed_at.is_not(None),
-            PendingFlow.resumed_at.is_(None),
-        )
-        .values(resumed_at=now)
-        .returning(PendingFlow.kind, PendingFlow.decision)
-        .execution_options(synchronize_session=False)
+        _RESUME, {"flow": public_id, "user_id": user_id, "client": client_pk, "now": now}
     ).one_or_none()
     return None if row is None else Resumed(kind=row.kind, decision=row.decision)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from app import tokens
@@ -49,6 +49,25 @@ def create(
 TOUCH_EVERY = timedelta(minutes=1)
 
 
+# Built once: building a statement and its cache key costs more than running
+# it. The user comes in the same statement (``row.user`` is then loaded).
+_LIVE = (
+    select(BrowserSession, User)
+    .join(User, BrowserSession.user_id == User.id)
+    .where(
+        BrowserSession.id_hash == bindparam("id_hash"),
+        BrowserSession.revoked_at.is_(None),
+        BrowserSession.expires_at > bindparam("now"),
+    )
+)
+_REVOKE = (
+    update(BrowserSession)
+    .where(BrowserSession.id_hash == bindparam("digest"), BrowserSession.revoked_at.is_(None))
+    .values(revoked_at=bindparam("now"))
+    .execution_options(synchronize_session=False)
+)
+
+
 def current(
     *,
     db: Session,
@@ -65,14 +84,11 @@ def current(
     """
     if not secret:
         return None
-    row = db.scalar(
-        select(BrowserSession).where(
-            BrowserSession.id_hash == tokens.digest(secret),
-            BrowserSession.revoked_at.is_(None),
-            BrowserSession.expires_at > now,
-        )
-    )
-    if row is None or row.user.disabled:
+    found = db.execute(_LIVE, {"id_hash": tokens.digest(secret), "now": now}).first()
+    if found is None:
+        return None
+    row, user = found
+    if row.user is not user or user.disabled:  # found in the identity map: no SQL
         return None
     last_seen = row.last_seen_at or row.created_at
     if idle_timeout is not None and now - last_seen >= idle_timeout:
@@ -95,11 +111,7 @@ def current_user(
 
 
 def revoke(*, db: Session, secret: str, now: datetime) -> bool:
-    result = db.execute(
-        update(BrowserSession)
-        .where(BrowserSession.id_hash == tokens.digest(secret), BrowserSession.revoked_at.is_(None))
-        .values(revoked_at=now)
-    )
+    result = db.execute(_REVOKE, {"digest": tokens.digest(secret), "now": now})
     return bool(getattr(result, "rowcount", 0))
 
 

@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from app.models import LoginFailure
@@ -41,14 +41,21 @@ def ip_key(ip: str | None) -> str | None:
     return None if not ip else "ip:" + ip[:64]
 
 
-def _wait_for(db: Session, key: str, threshold: int, policy: Policy, now: datetime) -> timedelta:
-    row = db.execute(
-        select(func.count(), func.max(LoginFailure.occurred_at)).where(
-            LoginFailure.key == key, LoginFailure.occurred_at > now - policy.window
-        )
-    ).one()
-    count: int = row[0]
-    latest: datetime | None = row[1]
+# Built once: building a statement and its cache key costs more than running
+# it. Both keys of an attempt are counted in one statement.
+_RECENT = (
+    select(LoginFailure.key, func.count(), func.max(LoginFailure.occurred_at))
+    .where(
+        LoginFailure.key.in_([bindparam("user"), bindparam("ip")]),
+        LoginFailure.occurred_at > bindparam("since"),
+    )
+    .group_by(LoginFailure.key)
+)
+
+
+def _wait(
+    count: int, latest: datetime | None, threshold: int, policy: Policy, now: datetime
+) -> timedelta:
     if count < threshold or latest is None:
         return timedelta(0)
     exponent = min(count - threshold, 30)
@@ -62,10 +69,19 @@ def retry_after(
     *, db: Session, username: str, ip: str | None, now: datetime, policy: Policy
 ) -> timedelta:
     """How long this attempt must wait; zero when it may proceed."""
-    waits = [_wait_for(db, user_key(username), policy.user_failures, policy, now)]
-    address = ip_key(ip)
+    user, address = user_key(username), ip_key(ip)
+    recent: dict[str, tuple[int, datetime | None]] = {
+        key: (count, latest)
+        for key, count, latest in db.execute(
+            _RECENT, {"user": user, "ip": address or user, "since": now - policy.window}
+        )
+    }
+    none: tuple[int, datetime | None] = (0, None)
+    count, latest = recent.get(user, none)
+    waits = [_wait(count, latest, policy.user_failures, policy, now)]
     if address is not None:
-        waits.append(_wait_for(db, address, policy.ip_failures, policy, now))
+        count, latest = recent.get(address, none)
+        waits.append(_wait(count, latest, policy.ip_failures, policy, now))
     return max(waits)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -19,10 +19,14 @@ class UnknownUser(Exception):
     pass
 
 
+# Built once: building a statement and its cache key costs more than running it.
+_BY_USERNAME = select(User).where(User.username == bindparam("username"))
+
+
 def get_by_username(*, db: Session, username: str) -> User | None:
     if "\x00" in username:  # no stored name has one, and PostgreSQL text cannot
         return None
-    return db.scalar(select(User).where(User.username == username))
+    return db.scalar(_BY_USERNAME, {"username": username})
 
 
 def get(*, db: Session, user_id: int) -> User | None:

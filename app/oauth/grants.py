@@ -12,7 +12,7 @@ from authlib.oauth2.base import OAuth2Error
 from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, OAuth2Request, grants
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode, UserInfo
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 
 from app import audit, keys, tokens
 from app.models import AuthorizationCode, Client, Grant, Token, User
@@ -78,6 +78,26 @@ def _one_resource(request: OAuth2Request, redirect_uri: str | None = None) -> st
     return validate_resource(values[0], redirect_uri=redirect_uri) if values else None
 
 
+# Built once: building a statement and its cache key costs more than running it.
+_LIVE_CODE = select(AuthorizationCode).where(
+    AuthorizationCode.code_hash == bindparam("code_hash"),
+    AuthorizationCode.client_pk == bindparam("client_pk"),
+    AuthorizationCode.used_at.is_(None),
+    AuthorizationCode.expires_at > bindparam("now"),
+)
+_SPEND_CODE = (
+    update(AuthorizationCode)
+    .where(
+        AuthorizationCode.id == bindparam("code_id"),
+        AuthorizationCode.used_at.is_(None),
+        AuthorizationCode.expires_at > bindparam("now"),
+    )
+    .values(used_at=bindparam("now"))
+    .returning(AuthorizationCode.user_id)
+    .execution_options(synchronize_session=False)
+)
+
+
 class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = [
         "client_secret_basic",
@@ -137,12 +157,8 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
     def query_authorization_code(self, code: str, client: Any) -> AuthorizationCode | None:
         return self.server.db.scalar(
-            select(AuthorizationCode).where(
-                AuthorizationCode.code_hash == tokens.digest(code),
-                AuthorizationCode.client_pk == client.pk,
-                AuthorizationCode.used_at.is_(None),
-                AuthorizationCode.expires_at > self.server.clock(),
-            )
+            _LIVE_CODE,
+            {"code_hash": tokens.digest(code), "client_pk": client.pk, "now": self.server.clock()},
         )
 
     def authenticate_user(self, authorization_code: AuthorizationCode) -> User:
@@ -152,15 +168,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         """
         db = self.server.db
         spent = db.execute(
-            update(AuthorizationCode)
-            .where(
-                AuthorizationCode.id == authorization_code.id,
-                AuthorizationCode.used_at.is_(None),
-                AuthorizationCode.expires_at > self.server.clock(),
-            )
-            .values(used_at=self.server.clock())
-            .returning(AuthorizationCode.user_id)
-            .execution_options(synchronize_session=False)
+            _SPEND_CODE, {"code_id": authorization_code.id, "now": self.server.clock()}
         ).scalar_one_or_none()
         user = None if spent is None else db.get(User, spent)
         if user is None or user.disabled or not _grant_is_live(self.server, authorization_code):
@@ -223,6 +231,21 @@ class IssuedToken:
         )
 
 
+# Built once: building the statement and its cache key cost more than running it.
+_TOKEN_BY_DIGEST = (
+    select(Token, Client, User)
+    .join(Client, Token.client_pk == Client.id)
+    .outerjoin(User, Token.user_id == User.id)
+    .where(
+        or_(
+            Token.access_token_hash == bindparam("digest"),
+            Token.refresh_token_hash == bindparam("digest"),
+        )
+    )
+    .limit(1)
+)
+
+
 def find_token(db: Any, secret: str, hint: str | None, now: datetime) -> IssuedToken | None:
     """The access or refresh token ``secret``, found in one statement with its
     client and user (introspection needs all three). Both hashes are unique
@@ -230,19 +253,23 @@ def find_token(db: Any, secret: str, hint: str | None, now: datetime) -> IssuedT
     if len(secret) > 512:
         return None
     digest = tokens.digest(secret)
-    found = db.execute(
-        select(Token, Client, User)
-        .join(Client, Token.client_pk == Client.id)
-        .outerjoin(User, Token.user_id == User.id)
-        .where(or_(Token.access_token_hash == digest, Token.refresh_token_hash == digest))
-        .limit(1)
-    ).first()
+    found = db.execute(_TOKEN_BY_DIGEST, {"digest": digest}).first()
     if found is None:
         return None
     row, client, user = found
     return IssuedToken(
         row, refresh=row.access_token_hash != digest, now=now, client=client, user=user
     )
+
+
+_SPEND_REFRESH = (
+    update(Token)
+    .where(
+        Token.id == bindparam("token_id"), Token.refreshed_at.is_(None), Token.revoked_at.is_(None)
+    )
+    .values(refreshed_at=bindparam("now"))
+    .execution_options(synchronize_session=False)
+)
 
 
 def revoke_family(db: Any, family_id: str, now: datetime) -> int:
@@ -281,12 +308,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             return None
         # Spent here, before anything is issued: of two concurrent refreshes
         # with one token exactly one passes; the other is a reuse.
-        spent = server.db.execute(
-            update(Token)
-            .where(Token.id == row.id, Token.refreshed_at.is_(None), Token.revoked_at.is_(None))
-            .values(refreshed_at=now)
-            .execution_options(synchronize_session=False)
-        )
+        spent = server.db.execute(_SPEND_REFRESH, {"token_id": row.id, "now": now})
         if not getattr(spent, "rowcount", 0):
             self.request.baton_reused_family = row.family_id
             return None
