@@ -198,7 +198,6 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        template = route_template(scope)
         method = scope["method"] if scope["method"] in _METHODS else "other"
         started = time.perf_counter()
         status = 500  # what the server answers when the app raises
@@ -212,8 +211,11 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
+            # Starlette's router leaves the route it chose in the scope; a
+            # request answered before routing is matched here instead.
+            route = scope.get("route")
             self.metrics.request(
-                route=template,
+                route=route_template(scope) if route is None else _path_of(route),
                 method=method,
                 status=status,
                 seconds=time.perf_counter() - started,
