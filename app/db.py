@@ -54,10 +54,11 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class PoolOptions:
-    """The PostgreSQL connection pool of a long-running process (the server).
+    """The connection pool of a long-running process (the server).
 
-    SQLite does not use it: its engine keeps SQLAlchemy's pool for a file and
-    waits on the file lock (``timeout``) instead of a statement timeout.
+    SQLite keeps ``size + max_overflow`` connections open (at least 5), never
+    waits for one, and waits on the file lock (``timeout``) instead of a
+    statement timeout.
     """
 
     size: int = 10
@@ -83,6 +84,9 @@ def _postgres_pool(url: URL, pool: PoolOptions) -> dict[str, Any]:
     return arguments
 
 
+SQLITE_MIN_POOL = 5
+
+
 def create_db_engine(url: str, *, pool: PoolOptions | None = None, **kwargs: Any) -> Engine:
     """An engine for ``url``; ``pool`` tunes PostgreSQL's (None: SQLAlchemy's
     defaults and no statement timeout, as for migrations and one-shot commands)."""
@@ -94,6 +98,17 @@ def create_db_engine(url: str, *, pool: PoolOptions | None = None, **kwargs: Any
 
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if pool is not None:
+            # A server keeps the connections its pool settings allow: past
+            # SQLAlchemy's default of 5, each busy request opened a connection
+            # (and ran the pragmas below) and closed it again, which cost more
+            # than the request. Never fewer than 5, and never a wait for a
+            # connection: more are opened (then closed) as needed.
+            kwargs = {
+                "pool_size": max(SQLITE_MIN_POOL, pool.size + pool.max_overflow),
+                "max_overflow": -1,
+                **kwargs,
+            }
     engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
     @event.listens_for(engine, "connect")

@@ -31,7 +31,7 @@ from starlette.testclient import TestClient
 
 from app import passwords
 from app.cli import main
-from app.db import Database, PoolOptions, create_db_engine
+from app.db import SQLITE_MIN_POOL, Database, PoolOptions, create_db_engine
 from app.main import create_app
 from app.models import AuditEvent, User
 from app.passwords import Argon2Cost, HashingPool, hash_password
@@ -302,6 +302,21 @@ def test_the_pool_settings_reach_the_server_s_postgres_engine(postgres_schema_ur
             assert connection.execute(text("SHOW statement_timeout")).scalar() == "12s"
 
 
+def test_a_server_s_sqlite_engine_keeps_the_connections_it_opened(tmp_path: Path) -> None:
+    """Connections past SQLAlchemy's default pool of 5 were closed on return,
+    so a busy server opened (and set up) one per request."""
+    database = Database(
+        f"sqlite:///{tmp_path / 'pool.db'}", pool=pool_options(size=4, max_overflow=3)
+    )
+    try:
+        held = [database.engine.connect() for _ in range(8)]  # one more than it keeps
+        for connection in held:
+            connection.close()
+        assert database.engine.pool.checkedin() == 7
+    finally:
+        database.dispose()
+
+
 @pytest.mark.postgres
 def test_a_full_pool_waits_for_the_pool_timeout_then_fails(postgres_schema_url: str) -> None:
     database = Database(postgres_schema_url, pool=pool_options())
@@ -366,9 +381,9 @@ def test_sqlite_keeps_its_own_pool(tmp_path: Path) -> None:
     untuned = create_db_engine(url)
     tuned = Database(url, pool=pool_options(size=1, max_overflow=0))
     try:
-        assert tuned.engine.pool.size() == untuned.pool.size() != 1
+        assert tuned.engine.pool.size() == untuned.pool.size() == SQLITE_MIN_POOL
         assert tuned.engine.pool.timeout() == untuned.pool.timeout() != 0.3
-        held = [tuned.engine.connect() for _ in range(3)]  # more than size + overflow
+        held = [tuned.engine.connect() for _ in range(9)]  # never waits for a connection
         for connection in held:
             connection.close()
     finally:
