@@ -44,13 +44,17 @@ def create(*, db: Session, alg: str, now: datetime) -> SigningKey:
     return row
 
 
+# Built once: building a statement and its cache key costs more than running it.
+_CURRENT = (
+    select(SigningKey)
+    .where(SigningKey.retired_at.is_(None))
+    .order_by(SigningKey.created_at.desc(), SigningKey.id.desc())
+    .limit(1)
+)
+
+
 def current(*, db: Session) -> SigningKey | None:
-    return db.scalar(
-        select(SigningKey)
-        .where(SigningKey.retired_at.is_(None))
-        .order_by(SigningKey.created_at.desc(), SigningKey.id.desc())
-        .limit(1)
-    )
+    return db.scalar(_CURRENT)
 
 
 def ensure(*, db: Session, alg: str, now: datetime) -> SigningKey:

@@ -12,7 +12,7 @@ from authlib.oauth2.base import OAuth2Error
 from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, OAuth2Request, grants
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode, UserInfo
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 
 from app import audit, keys, tokens
 from app.models import AuthorizationCode, Client, Grant, Token, User
@@ -79,6 +79,9 @@ def _one_resource(request: OAuth2Request, redirect_uri: str | None = None) -> st
 
 
 # Built once: building a statement and its cache key costs more than running it.
+# A code is not read back in the request that issues it: a Core INSERT,
+# without the ORM's unit of work.
+_INSERT_CODE = insert(AuthorizationCode.metadata.tables[AuthorizationCode.__tablename__])
 _LIVE_CODE = select(AuthorizationCode).where(
     AuthorizationCode.code_hash == bindparam("code_hash"),
     AuthorizationCode.client_pk == bindparam("client_pk"),
@@ -129,22 +132,23 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             request_id=getattr(request, "request_id", None),
             scope=request.scope or "",
         )
-        self.server.db.add(
-            AuthorizationCode(
-                code_hash=tokens.digest(code),
-                client_pk=request.client.pk,
-                user_id=request.user.id,
-                redirect_uri=data.get("redirect_uri"),
-                scope=request.scope or "",
-                code_challenge=data.get("code_challenge"),
-                code_challenge_method=data.get("code_challenge_method"),
-                nonce=data.get("nonce"),
-                auth_time=getattr(request, "baton_auth_time", now),
-                created_at=now,
-                expires_at=now + self.server.settings.code_ttl,
-                grant_id=grant.id if grant is not None else None,
-                resource=data.get("resource"),
-            )
+        self.server.db.execute(
+            _INSERT_CODE,
+            {
+                "code_hash": tokens.digest(code),
+                "client_pk": request.client.pk,
+                "user_id": request.user.id,
+                "redirect_uri": data.get("redirect_uri"),
+                "scope": request.scope or "",
+                "code_challenge": data.get("code_challenge"),
+                "code_challenge_method": data.get("code_challenge_method"),
+                "nonce": data.get("nonce"),
+                "auth_time": getattr(request, "baton_auth_time", now),
+                "created_at": now,
+                "expires_at": now + self.server.settings.code_ttl,
+                "grant_id": grant.id if grant is not None else None,
+                "resource": data.get("resource"),
+            },
         )
 
     def validate_token_request(self) -> None:
@@ -181,10 +185,19 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         return None
 
 
+def grant_of(db: Any, grant_id: int) -> Grant | None:
+    """The grant, read once per unit of work: the session's identity map holds
+    it weakly, so without this reference every ``db.get`` would read it again."""
+    held: dict[int, Grant | None] = db.info.setdefault("baton_grants", {})
+    if grant_id not in held:
+        held[grant_id] = db.get(Grant, grant_id)
+    return held[grant_id]
+
+
 def _grant_is_live(server: BatonAuthorizationServer, issued: AuthorizationCode | Token) -> bool:
     if issued.grant_id is None:
         return True
-    grant = server.db.get(Grant, issued.grant_id)
+    grant = grant_of(server.db, issued.grant_id)
     return grant is not None and grant.revoked_at is None and grant.expires_at > server.clock()
 
 
