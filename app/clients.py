@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from sqlalchemy import bindparam, delete, select
@@ -145,6 +146,58 @@ def register(
 
 # Built once: building the statement and its cache key cost more than running it.
 _BY_CLIENT_ID = select(Client).where(Client.client_id == bindparam("client_id"))
+
+
+class ClientView(Protocol):
+    """What the OAuth endpoints read of a client: a row of ``clients`` or a
+    :class:`ClientRecord`."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def secret_hash(self) -> str | None: ...
+    @property
+    def public(self) -> bool: ...
+    @property
+    def first_party(self) -> bool: ...
+    @property
+    def redirect_uris(self) -> list[str]: ...
+    @property
+    def scope(self) -> str: ...
+    @property
+    def grant_types(self) -> list[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRecord:
+    """A client as the OAuth endpoints read it, without the ORM's bookkeeping
+    (every token, revocation and introspection request looks one up)."""
+
+    id: int
+    client_id: str
+    name: str
+    secret_hash: str | None
+    public: bool
+    first_party: bool
+    redirect_uris: list[str]
+    scope: str
+    grant_types: list[str]
+
+
+_RECORD_BY_CLIENT_ID = select(
+    *(Client.__table__.c[field] for field in ClientRecord.__slots__)
+).where(Client.__table__.c.client_id == bindparam("client_id"))
+
+
+def record(*, db: Session, client_id: str) -> ClientRecord | None:
+    if "\x00" in client_id:  # no stored id has one, and PostgreSQL text cannot
+        return None
+    row = db.execute(_RECORD_BY_CLIENT_ID, {"client_id": client_id}).first()
+    return None if row is None else ClientRecord(*row)
 
 
 def get(*, db: Session, client_id: str) -> Client | None:

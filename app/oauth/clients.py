@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 from authlib.oauth2.rfc6749 import ClientMixin
 
 from app import tokens
-from app.models import Client
+from app.clients import ClientView
 
 CONFIDENTIAL_AUTH_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
 
@@ -29,7 +29,7 @@ def _without_loopback_port(uri: str) -> str | None:
 
 
 class OAuthClient(ClientMixin):
-    def __init__(self, row: Client) -> None:
+    def __init__(self, row: ClientView) -> None:
         self.row = row
         self.pk = row.id
         self.client_id = row.client_id

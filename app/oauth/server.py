@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from app import audit, authorizations, clients, flows, keys, sessions, tokens
 from app.db import Database
-from app.models import AuthorizationCode, BrowserSession, Client, Token, User
+from app.models import AuthorizationCode, BrowserSession, Token, User
 from app.oauth.clients import OAuthClient
 from app.oauth.endpoints import IntrospectionEndpoint, RevocationEndpoint
 from app.oauth.grants import (
@@ -204,7 +204,7 @@ class BatonAuthorizationServer(AuthorizationServer):
         # authlib asks more than once per request; once per unit of work is enough.
         cache: dict[str, OAuthClient | None] = self.db.info.setdefault("baton_clients", {})
         if client_id not in cache:
-            row = clients.get(db=self.db, client_id=client_id)
+            row = clients.record(db=self.db, client_id=client_id)
             cache[client_id] = None if row is None else OAuthClient(row)
         return cache[client_id]
 
@@ -376,7 +376,7 @@ class BatonAuthorizationServer(AuthorizationServer):
             assert user is not None
             # 2. Did they agree? First-party clients need not ask.
             scope = request.scope or ""
-            client: Client = request.client.row
+            client: clients.ClientView = request.client.row
             existing = authorizations.find(db=db, user_id=user.id, client_pk=client.id, now=now)
             if not client.first_party and (
                 not authorizations.covers(existing, scope)
