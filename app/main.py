@@ -49,7 +49,11 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow) ->
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         database = Database(settings.database_url, pool=settings.database_pool)
         hashing = HashingPool(
-            settings.hash_workers, settings.hash_wait, settings.argon2_cost, observer=metrics
+            settings.hash_workers,
+            settings.hash_wait,
+            settings.argon2_cost,
+            observer=metrics,
+            processes=settings.hash_processes,
         )
         readiness = Readiness(settings.database_url)
         oauth = BatonAuthorizationServer(settings=settings, database=database, clock=clock)

@@ -212,6 +212,8 @@ class Settings:
     access_token_ttl: timedelta = timedelta(hours=1)
     hash_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     hash_wait: timedelta = timedelta(seconds=10)
+    # Hashes in processes of their own (see ``HashingPool``); false: threads.
+    hash_processes: bool = True
     demo: bool = False
     log_level: str = "info"
     log_format: str = "text"
@@ -351,6 +353,7 @@ _PARSERS = {
     "access_token_ttl": _positive_duration,
     "hash_workers": _positive_int,
     "hash_wait": _positive_duration,
+    "hash_processes": _parse_bool,
     "demo": _parse_bool,
     "log_level": _log_level,
     "log_format": _log_format,

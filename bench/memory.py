@@ -108,7 +108,9 @@ async def _drive(url: str, params: Mapping[str, Any], concurrency: int, requests
 
 
 def _rss(pids: Sequence[int]) -> list[float]:
-    return [harness.rss_mib(pid) for pid in pids]
+    """RSS of each worker with the processes it started (its hashing
+    processes, ``BATON_HASH_PROCESSES``): the memory a worker costs."""
+    return [sum(harness.rss_mib(p) for p in harness.process_tree(pid)) for pid in pids]
 
 
 def _mib(values: Sequence[float]) -> str:
@@ -169,11 +171,14 @@ LEAK_HEADER = (
 
 
 def _hwm_mib(pid: int) -> float:
-    """The kernel's high-water mark of the process's RSS (``VmHWM``), since it started."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """The kernel's high-water marks of RSS (``VmHWM``) of a worker and of the
+    processes it started, added up: an upper bound of their peak together."""
+    total = 0.0
+    for process in harness.process_tree(pid):
+        for line in Path(f"/proc/{process}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 def storm_check(

@@ -129,6 +129,9 @@ def make_settings(database_url: str) -> Callable[..., Settings]:
             "database_url": database_url,
             "public_url": BASE_URL,
             "hash_workers": 2,
+            # Threads: tests swap cheap hashers in this process. The server's
+            # default, processes, is what the real-server tests run.
+            "hash_processes": False,
         }
         values.update(overrides)
         return Settings(**values)  # type: ignore[arg-type]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
 
@@ -201,3 +203,75 @@ def test_hashing_threads_are_niced_where_sched_idle_is_refused(
         lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     )
     assert niceness == min(19, here + passwords.HASHING_NICENESS)
+
+
+# -- hashing in processes (the server's default) ---------------------------------
+
+
+def _in_processes(scenario: Callable[[HashingPool], Awaitable[T]]) -> T:
+    async def run() -> T:
+        pool = HashingPool(1, timedelta(seconds=30), CHEAPEST, processes=True)
+        try:
+            return await scenario(pool)
+        finally:
+            pool.shutdown()
+
+    return asyncio.run(run())
+
+
+CHEAPEST = passwords.Argon2Cost(time_cost=1, memory_cost=8, parallelism=1)
+
+
+def test_a_process_pool_hashes_and_verifies_in_another_process() -> None:
+    async def scenario(pool: HashingPool) -> tuple[int, bool, bool, bool]:
+        stored = await pool.hash("pw")
+        right, wrong, unknown = (
+            await pool.verify(stored, "pw"),
+            await pool.verify(stored, "nope"),
+            await pool.verify(None, "pw"),
+        )
+        pid = await asyncio.get_running_loop().run_in_executor(pool._executor, os.getpid)
+        return pid, right.ok, wrong.ok, unknown.ok
+
+    pid, right, wrong, unknown = _in_processes(scenario)
+    assert pid != os.getpid()
+    assert (right, wrong, unknown) == (True, False, False)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_hashing_processes_run_only_on_idle_cpu() -> None:
+    async def scenario(pool: HashingPool) -> int:
+        policy = functools.partial(os.sched_getscheduler, 0)
+        return await asyncio.get_running_loop().run_in_executor(pool._executor, policy)
+
+    assert _in_processes(scenario) == os.SCHED_IDLE
+
+
+def test_a_hashing_process_ignores_the_signal_that_stops_the_server() -> None:
+    """``kill -TERM`` to the process group reaches the hashing processes too;
+    the server stops them itself once the logins in flight have finished."""
+
+    async def scenario(pool: HashingPool) -> bool:
+        loop = asyncio.get_running_loop()
+        pid = await loop.run_in_executor(pool._executor, os.getpid)
+        os.kill(pid, signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        stored = await pool.hash("pw")
+        again = await loop.run_in_executor(pool._executor, os.getpid)
+        return again == pid and (await pool.verify(stored, "pw")).ok
+
+    assert _in_processes(scenario)
+
+
+def test_a_pool_whose_process_died_is_replaced(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario(pool: HashingPool) -> tuple[bool, bool]:
+        loop = asyncio.get_running_loop()
+        pid = await loop.run_in_executor(pool._executor, os.getpid)
+        os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.2)
+        stored = await pool.hash("pw")  # the broken pool is replaced, the hash retried
+        replaced = await loop.run_in_executor(pool._executor, os.getpid)
+        return replaced != pid, (await pool.verify(stored, "pw")).ok
+
+    assert _in_processes(scenario) == (True, True)
+    assert "a hashing process died" in caplog.text
