@@ -6,9 +6,13 @@ import asyncio
 import functools
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import TypeVar
 
 import bcrypt
@@ -275,3 +279,57 @@ def test_a_pool_whose_process_died_is_replaced(caplog: pytest.LogCaptureFixture)
 
     assert _in_processes(scenario) == (True, True)
     assert "a hashing process died" in caplog.text
+
+
+_SERVER_LIKE = """
+import asyncio, functools, os, sys
+from datetime import timedelta
+import app.main  # what `baton serve` has imported when its pool starts
+from app.passwords import Argon2Cost, HashingPool
+
+async def main():
+    pool = HashingPool(2, timedelta(seconds=30), Argon2Cost(1, 8, 1), processes=True)
+    loop = asyncio.get_running_loop()
+    has = functools.partial(eval, "'app.main' in __import__('sys').modules")
+    print("imported-app", await loop.run_in_executor(pool._executor, has), flush=True)
+    print("pids", *pool._executor._processes, flush=True)
+    if sys.argv[1] == "die":
+        os._exit(1)  # gone without shutting the pool down
+    pool.shutdown()
+
+asyncio.run(main())
+"""
+
+
+def _run_server_like(tmp_path: Path, how: str) -> list[str]:
+    script = tmp_path / "server_like.py"  # a file, as the `baton` command is
+    script.write_text(_SERVER_LIKE)
+    output = tmp_path / "output.txt"
+    with output.open("w") as file:
+        # Into a file: the hashing processes inherit it, and a pipe would stay
+        # open, unreaped parent and all, until they end.
+        subprocess.run(
+            [sys.executable, str(script), how],
+            stdout=file,
+            timeout=60,
+            cwd=Path(__file__).resolve().parent.parent,
+            check=False,
+        )
+    return output.read_text().splitlines()
+
+
+def test_hashing_processes_do_not_import_the_server_s_main_module(tmp_path: Path) -> None:
+    """multiprocessing imports the parent's main script in each process it
+    starts; for `baton serve` that is the whole application, ~40 MiB more."""
+    lines = _run_server_like(tmp_path, "stop")
+    assert "imported-app False" in lines
+
+
+def test_hashing_processes_end_when_the_server_is_killed(tmp_path: Path) -> None:
+    lines = _run_server_like(tmp_path, "die")
+    pids = [int(pid) for pid in next(line for line in lines if line.startswith("pids")).split()[1:]]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in pids):
+        assert time.monotonic() < deadline, "hashing processes outlived their server"
+        time.sleep(0.1)
