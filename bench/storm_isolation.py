@@ -11,6 +11,11 @@ redirection token) at concurrency 16 from another process. The storm starts
 first and ends last, so that the probe's window lies inside it. Target: p99
 under the storm < 3x idle p99 for each endpoint (oidc-provider: ~150x).
 
+Then the floor: the probe again while processes outside Baton hash with
+argon2id of the same cost at SCHED_IDLE (as many as Baton's hashing slots), and
+no login is sent. What the machine's CPUs and memory do to an idle server's
+answers under that load bounds what any isolation inside Baton can achieve.
+
     .venv/bin/python bench/storm_isolation.py [--quick] [--databases sqlite,postgresql]
         [--workers 1,2] [--storm-concurrency 16] [--duration 20] [--pause 0.01]
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -78,6 +84,40 @@ def _under_storm(
         storming = pool.submit(run_load, storm)
         probing = pool.submit(run_load, probe)
         return probing.result(), storming.result()
+
+
+# What the machine does to the probe when it hashes, without Baton: argon2id
+# of the same cost in processes at SCHED_IDLE (as Baton's hashing processes),
+# outside the server, no logins. The storm cannot do better than this floor.
+_HASHING_ALONE = """
+import os, sys
+from argon2 import PasswordHasher
+if hasattr(os, "SCHED_IDLE"):
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+hasher = PasswordHasher(time_cost=int(sys.argv[1]), memory_cost=int(sys.argv[2]),
+                        parallelism=int(sys.argv[3]))
+while True:
+    hasher.hash("floor")
+"""
+
+
+def _beside_hashing(target: Target, args: argparse.Namespace, cost: harness.Cost) -> Outcome:
+    """The probe while ``workers x hash-workers`` processes hash, Baton idle."""
+    command = [
+        str(harness.BIN / "python"),
+        "-c",
+        _HASHING_ALONE,
+        str(cost.time_cost),
+        str(cost.memory_kib),
+        str(cost.parallelism),
+    ]
+    hashing = [subprocess.Popen(command) for _ in range(target.workers * args.hash_workers)]
+    try:
+        return run_load(_probe_load(target, args, args.warmup))
+    finally:
+        for process in hashing:
+            process.kill()
+            process.wait()
 
 
 def _p99_ms(outcome: Outcome, step: str) -> float:
@@ -159,6 +199,8 @@ def main() -> None:
             report.line(_row(target, "idle", idle, None))
             probe, storm = _under_storm(target, args, margin)
             report.line(_row(target, "storm", probe, storm))
+            floor = _beside_hashing(target, args, cost)
+            report.line(_row(target, "floor", floor, None))
             for failure in (*idle.failures, *probe.failures, *storm.failures):
                 report.line(f"    failure: {failure}")
             cells = []
@@ -172,6 +214,14 @@ def main() -> None:
                 f"{'':<10} {'':>7} p99 storm/idle (target < {TARGET_RATIO:g}x): "
                 + ", ".join(cells)
                 + f"; storm login p50/p95/p99 {login_p} ms"
+            )
+            floors = []
+            for step in PROBES:
+                floor_ratio = _p99_ms(floor, step) / _p99_ms(idle, step)
+                floors.append(f"{step} {floor_ratio:.1f}x")
+            report.line(
+                f"{'':<10} {'':>7} p99 floor/idle (the same hashing outside Baton, no logins): "
+                + ", ".join(floors)
             )
         report.line()
         report.line("RSS MiB after the run (process [workers]):")
