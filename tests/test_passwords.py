@@ -333,3 +333,31 @@ def test_hashing_processes_end_when_the_server_is_killed(tmp_path: Path) -> None
     while any(Path(f"/proc/{pid}").exists() for pid in pids):
         assert time.monotonic() < deadline, "hashing processes outlived their server"
         time.sleep(0.1)
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="RSS read from /proc")
+def test_a_hashing_process_gives_each_hash_s_memory_back() -> None:
+    """glibc would keep one hash's 19-64 MiB resident for good after the first."""
+    cost = passwords.OWASP_MINIMUM  # 19 MiB a hash
+
+    async def scenario() -> tuple[float, float]:
+        pool = HashingPool(1, timedelta(seconds=30), cost, processes=True)
+        try:
+            loop = asyncio.get_running_loop()
+            pid = await loop.run_in_executor(pool._executor, os.getpid)
+            at_rest = _rss_mib(pid)
+            for _ in range(3):
+                await pool.hash("pw")
+            return at_rest, _rss_mib(pid)
+        finally:
+            pool.shutdown()
+
+    at_rest, after = asyncio.run(scenario())
+    assert after - at_rest < 8, (at_rest, after)
