@@ -3,6 +3,7 @@ heads, over a real socket (the in-process test client has no parser)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -43,10 +44,8 @@ def _read_all(sock: socket.socket) -> bytes:
 
 def _send_quietly(sock: socket.socket, data: bytes) -> None:
     """The server may close the connection before it has read all of ``data``."""
-    try:
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         sock.sendall(data)
-    except (BrokenPipeError, ConnectionResetError):
-        pass
 
 
 def _request(path: str = "/healthz", headers: str = "", close: bool = True) -> bytes:
