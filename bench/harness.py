@@ -9,6 +9,7 @@ process imports this module too.
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import os
@@ -105,6 +106,31 @@ def in_process(function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R
 
 
 # -- servers ------------------------------------------------------------------------
+
+
+# -- command lines ----------------------------------------------------------------
+
+
+def csv(text: str) -> list[str]:
+    """``"sqlite, postgresql"`` -> ``["sqlite", "postgresql"]``."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """``--env NAME=VALUE`` (repeatable) for ``baton serve``, and ``--results``."""
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for baton serve (repeatable)",
+    )
+    parser.add_argument("--results", type=Path, help=f"default {RESULTS} (not with --quick)")
+
+
+def env_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    """The ``--env`` values as a mapping."""
+    return dict(pair.split("=", 1) for pair in pairs)
 
 
 def free_port() -> int:

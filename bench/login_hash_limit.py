@@ -86,10 +86,6 @@ def bare_pool(
     return asyncio.run(drive())
 
 
-def _csv(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
 HEADER = (
     f"{'database':<10} {'workers':>7} {'slots':>5} {'conc':>4} {'logins/s':>8} {'hashes/s':>8}"
     f" {'ratio':>5} {'cpu_ms/login':>12} {'cpu_ms/hash':>11} {'loadgen':>7} {'failed':>6}"
@@ -106,24 +102,15 @@ def main() -> None:
     parser.add_argument("--hash-workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds measured")
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="extra environment for baton serve (repeatable)",
-    )
-    parser.add_argument(
-        "--results", type=Path, help=f"default {harness.RESULTS} (not with --quick)"
-    )
+    harness.add_run_options(parser)
     args = parser.parse_args()
     if args.quick:
         args.warmup, args.duration = 0.5, 1.5
-    concurrencies = [int(c) for c in _csv(args.concurrency)]
-    kinds = cast(list[harness.DatabaseKind], _csv(args.databases))
-    workers_list = [int(w) for w in _csv(args.workers)]
+    concurrencies = [int(c) for c in harness.csv(args.concurrency)]
+    kinds = cast(list[harness.DatabaseKind], harness.csv(args.databases))
+    workers_list = [int(w) for w in harness.csv(args.workers)]
     cost = harness.DEFAULT_COST
-    extra_env = dict(pair.split("=", 1) for pair in args.env)
+    extra_env = harness.env_pairs(args.env)
 
     report = harness.Report("Login vs. the argon2 limit (issue 7)")
     report.line(

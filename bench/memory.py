@@ -230,10 +230,6 @@ STORM_HEADER = (
 # -- the run ----------------------------------------------------------------------------
 
 
-def _csv(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
@@ -249,23 +245,14 @@ def main() -> None:
     parser.add_argument(
         "--margin-mib", type=float, default=32.0, help="allowed above the pool's bound, per worker"
     )
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="extra environment for baton serve (repeatable)",
-    )
-    parser.add_argument(
-        "--results", type=Path, help=f"default {harness.RESULTS} (not with --quick)"
-    )
+    harness.add_run_options(parser)
     args = parser.parse_args()
     if args.quick:
         args.checkpoints, args.storm_duration = "500,2000", 3.0
-    checkpoints = [int(c) for c in _csv(args.checkpoints)]
-    kinds = cast(list[harness.DatabaseKind], _csv(args.databases))
+    checkpoints = [int(c) for c in harness.csv(args.checkpoints)]
+    kinds = cast(list[harness.DatabaseKind], harness.csv(args.databases))
     env = {"BATON_HASH_WORKERS": str(args.hash_workers)}
-    env.update(pair.split("=", 1) for pair in args.env)
+    env.update(harness.env_pairs(args.env))
     per_iteration = FLOW_REQUESTS + 2 * args.refreshes
 
     report = harness.Report("Memory: leaks and the login storm (issue 7)")

@@ -903,12 +903,7 @@ def _arguments() -> Any:
     parser.add_argument("--purge", choices=["server", "cli"], default="server")
     parser.add_argument("--batch-size", type=int, default=1000, help="the purge's (Baton's: 1000)")
     parser.add_argument("--workers", type=int, default=1, help="baton serve --workers")
-    parser.add_argument(
-        "--env", action="append", default=[], metavar="NAME=VALUE", help="for baton serve"
-    )
-    parser.add_argument(
-        "--results", type=Path, help=f"default {harness.RESULTS} (not with --quick)"
-    )
+    harness.add_run_options(parser)
     args = parser.parse_args()
     if args.quick:
         args.flows, args.users, args.rounds, args.bare = 50_000, 5_000, 1, 400
@@ -931,7 +926,7 @@ def main() -> None:
         env = {
             **cost.env(),
             "BATON_PURGE_INTERVAL": "off",  # the benchmark decides when a purge runs
-            **dict(pair.split("=", 1) for pair in args.env),
+            **harness.env_pairs(args.env),
         }
         targets: dict[str, Target] = {}
         for label, finished in (("small", args.small), ("big", args.flows)):

@@ -42,10 +42,6 @@ TARGET_RATIO = 3.0
 MARGIN = 1.0  # seconds the storm runs before and after the probe's window
 
 
-def _csv(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
 def _probe_load(target: Target, args: argparse.Namespace, warmup: float) -> Load:
     """A probe on a refresh family of its own (one family serves one load)."""
     issued = token_clients.issue(target, 1, concurrency=1)
@@ -154,25 +150,16 @@ def main() -> None:
     parser.add_argument("--scope", default="openid", help="of the tokens refreshed")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds measured")
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="extra environment for baton serve (repeatable)",
-    )
-    parser.add_argument(
-        "--results", type=Path, help=f"default {harness.RESULTS} (not with --quick)"
-    )
+    harness.add_run_options(parser)
     args = parser.parse_args()
     margin = MARGIN
     if args.quick:
         args.warmup, args.duration, margin = 0.5, 2.0, 0.5
-    kinds = cast(list[harness.DatabaseKind], _csv(args.databases))
-    workers_list = [int(w) for w in _csv(args.workers)]
+    kinds = cast(list[harness.DatabaseKind], harness.csv(args.databases))
+    workers_list = [int(w) for w in harness.csv(args.workers)]
     cost = harness.DEFAULT_COST
     env = {"BATON_HASH_WORKERS": str(args.hash_workers)}
-    env.update(pair.split("=", 1) for pair in args.env)
+    env.update(harness.env_pairs(args.env))
 
     report = harness.Report("Login storm isolation (issue 7)")
     report.line(

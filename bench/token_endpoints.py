@@ -41,10 +41,6 @@ TARGETS = {"refresh": 240.0, "introspect": 1500.0, "introspect-anon": 1500.0}
 INTROSPECTED_TOKENS = 16
 
 
-def _csv(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
 def _verdict(rate: float, target: float) -> str:
     return f"{rate / target:>5.2f}x {'met' if rate >= target else 'MISSED'}"
 
@@ -135,23 +131,14 @@ def main() -> None:
     parser.add_argument(
         "--py-spy", type=Path, metavar="DIR", help="record each worker with py-spy into DIR"
     )
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="extra environment for baton serve (repeatable)",
-    )
-    parser.add_argument(
-        "--results", type=Path, help=f"default {harness.RESULTS} (not with --quick)"
-    )
+    harness.add_run_options(parser)
     args = parser.parse_args()
     if args.quick:
         args.warmup, args.duration = 0.5, 1.5
-    concurrencies = [int(c) for c in _csv(args.concurrency)]
-    kinds = cast(list[harness.DatabaseKind], _csv(args.databases))
-    workers_list = [int(w) for w in _csv(args.workers)]
-    operations = _csv(args.operations)
+    concurrencies = [int(c) for c in harness.csv(args.concurrency)]
+    kinds = cast(list[harness.DatabaseKind], harness.csv(args.databases))
+    workers_list = [int(w) for w in harness.csv(args.workers)]
+    operations = harness.csv(args.operations)
     if unknown := set(operations) - set(OPERATIONS):
         parser.error(f"unknown operations: {', '.join(sorted(unknown))}")
     cost = harness.CHEAP_COST  # hashing only issues the tokens, before the rows
@@ -161,7 +148,7 @@ def main() -> None:
             if "introspect-anon" in operations
             else {}
         ),
-        **dict(pair.split("=", 1) for pair in args.env),
+        **harness.env_pairs(args.env),
     }
 
     report = harness.Report("Token endpoints: refresh grants and introspections (issue 7)")

@@ -222,14 +222,6 @@ def node_argon2_cpu_ms(cost: harness.Cost, rounds: int) -> float:
 # -- the run ----------------------------------------------------------------------------
 
 
-def _csv(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def _env_pairs(pairs: list[str]) -> dict[str, str]:
-    return dict(pair.split("=", 1) for pair in pairs)
-
-
 def _row(label: str, conc: int, outcome: Outcome, hash_ms: float) -> str:
     steps = " | ".join(f"{harness.p50_95_99_ms(outcome.steps.get(s, [])):>16}" for s in STEPS)
     cpu = outcome.server_cpu_ms_per_iteration
@@ -260,21 +252,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds measured")
     parser.add_argument("--no-oidc-provider", action="store_true")
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="extra environment for baton serve (repeatable)",
-    )
-    parser.add_argument(
-        "--results", type=Path, help=f"default {harness.RESULTS} (not with --quick)"
-    )
+    harness.add_run_options(parser)
     args = parser.parse_args()
     if args.quick:
         args.warmup, args.duration = 0.5, 1.5
-    concurrencies = [int(c) for c in _csv(args.concurrency)]
-    kinds = cast(list[harness.DatabaseKind], _csv(args.databases))
+    concurrencies = [int(c) for c in harness.csv(args.concurrency)]
+    kinds = cast(list[harness.DatabaseKind], harness.csv(args.databases))
     cost = harness.CHEAP_COST
     with_node = not args.no_oidc_provider
 
@@ -308,7 +291,7 @@ def main() -> None:
             targets.append(("oidc-provider", node, oidc_provider_flow, {"client_id": "bench"}))
         for kind in kinds:
             url = stack.enter_context(harness.fresh_database(kind, workdir))
-            env = {**cost.env(), **_env_pairs(args.env)}
+            env = {**cost.env(), **harness.env_pairs(args.env)}
             server = stack.enter_context(
                 harness.baton_server(url, workdir, workers=args.workers, env=env)
             )
