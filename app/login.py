@@ -11,7 +11,6 @@ from anyio import to_thread
 
 from app import audit, flows, problems, sessions, throttle, users
 from app.passwords import HashingOverloaded
-from app.problems import Problem
 from app.services import Services
 
 # A login retried by the same browser and user this soon after the flow was
@@ -42,6 +41,7 @@ class _Account:
     id: int
     password_hash: str
     disabled: bool
+    failures: int  # recent failed logins of the username, cleared by a success
 
 
 async def log_in(services: Services, attempt: Attempt) -> LoggedIn:
@@ -82,35 +82,33 @@ async def _log_in(services: Services, attempt: Attempt) -> LoggedIn:
 
 def _check_throttle_and_find(services: Services, attempt: Attempt) -> _Account | None:
     now = services.clock()
-    with services.database.transaction() as db:
-        wait = throttle.retry_after(
+    # Reads only: on SQLite it does not queue for the write lock.
+    with services.database.reading() as db:
+        standing = throttle.standing(
             db=db,
             username=attempt.username,
             ip=attempt.ip,
             now=now,
             policy=services.settings.throttle,
         )
-        if wait:
-            seconds = max(1, math.ceil(wait.total_seconds()))
-            audit.record(
-                db=db,
-                event="login.throttled",
-                now=now,
-                username=attempt.username,
-                ip=attempt.ip,
-                request_id=attempt.request_id,
-                retry_after_seconds=seconds,
-            )
-            throttled: Problem | None = problems.throttled(seconds)
-        else:
-            throttled = None
+        if not standing.wait:
             user = users.get_by_username(db=db, username=attempt.username)
-            account = None if user is None else _Account(user.id, user.password_hash, user.disabled)
-    # Raised outside the block so that the audit row commits.
-    if throttled is not None:
-        services.metrics.login("throttled")
-        raise throttled
-    return account
+            if user is None:
+                return None
+            return _Account(user.id, user.password_hash, user.disabled, standing.user_failures)
+    seconds = max(1, math.ceil(standing.wait.total_seconds()))
+    with services.database.transaction() as db:
+        audit.record(
+            db=db,
+            event="login.throttled",
+            now=now,
+            username=attempt.username,
+            ip=attempt.ip,
+            request_id=attempt.request_id,
+            retry_after_seconds=seconds,
+        )
+    services.metrics.login("throttled")
+    raise problems.throttled(seconds)
 
 
 def _record_failure(services: Services, attempt: Attempt, reason: str) -> None:
@@ -173,7 +171,8 @@ def _open_session(
             users.upgrade_hash(
                 db=db, user_id=account.id, old_hash=account.password_hash, new_hash=upgraded_hash
             )
-        throttle.reset_user(db=db, username=attempt.username)
+        if account.failures:
+            throttle.reset_user(db=db, username=attempt.username)
         audit.record(
             db=db,
             event="login.succeeded",

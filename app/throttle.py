@@ -65,10 +65,17 @@ def _wait(
     return max(timedelta(0), latest + delay - now)
 
 
-def retry_after(
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """Where an attempt stands before its password is checked."""
+
+    wait: timedelta  # zero when it may proceed
+    user_failures: int  # the username's failures in the window, for a success to clear
+
+
+def standing(
     *, db: Session, username: str, ip: str | None, now: datetime, policy: Policy
-) -> timedelta:
-    """How long this attempt must wait; zero when it may proceed."""
+) -> Standing:
     user, address = user_key(username), ip_key(ip)
     recent: dict[str, tuple[int, datetime | None]] = {
         key: (count, latest)
@@ -77,12 +84,12 @@ def retry_after(
         )
     }
     none: tuple[int, datetime | None] = (0, None)
-    count, latest = recent.get(user, none)
-    waits = [_wait(count, latest, policy.user_failures, policy, now)]
+    user_count, latest = recent.get(user, none)
+    waits = [_wait(user_count, latest, policy.user_failures, policy, now)]
     if address is not None:
         count, latest = recent.get(address, none)
         waits.append(_wait(count, latest, policy.ip_failures, policy, now))
-    return max(waits)
+    return Standing(wait=max(waits), user_failures=user_count)
 
 
 def record_failure(*, db: Session, username: str, ip: str | None, now: datetime) -> None:
@@ -92,6 +99,9 @@ def record_failure(*, db: Session, username: str, ip: str | None, now: datetime)
         db.add(LoginFailure(key=address, occurred_at=now))
 
 
+_RESET = delete(LoginFailure).where(LoginFailure.key == bindparam("key"))
+
+
 def reset_user(*, db: Session, username: str) -> None:
     """A successful login clears the username's failures (not the IP's)."""
-    db.execute(delete(LoginFailure).where(LoginFailure.key == user_key(username)))
+    db.execute(_RESET, {"key": user_key(username)})
