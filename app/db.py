@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, exc
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -86,6 +87,36 @@ def _postgres_pool(url: URL, pool: PoolOptions) -> dict[str, Any]:
 
 SQLITE_MIN_POOL = 5
 
+# A pooled connection idle this long is pinged before it is handed out.
+PING_AFTER_IDLE = timedelta(seconds=2)
+_IDLE_SINCE = "baton_idle_since"
+
+
+def _ping_when_idle(engine: Engine, idle: float) -> None:
+    """SQLAlchemy's ``pool_pre_ping``, but only for connections that sat in
+    the pool for ``idle`` seconds or more. A ping is a round trip: pinging
+    at every checkout cost each unit of work ~0.2 ms of CPU and ~0.3 ms of
+    wall time on PostgreSQL, and a connection that served a request a moment
+    ago tells as much. A connection found dead invalidates the whole pool (as
+    with ``pool_pre_ping``), and the pool hands out a new one."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is None or time.monotonic() - since < idle:
+            return  # just connected, or just used
+        dialect = engine.dialect
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as error:
+            if dialect.is_disconnect(error, dbapi_connection, None):
+                raise exc.InvalidatePoolError() from error
+            raise
+
 
 def create_db_engine(url: str, *, pool: PoolOptions | None = None, **kwargs: Any) -> Engine:
     """An engine for ``url``; ``pool`` tunes PostgreSQL's (None: SQLAlchemy's
@@ -94,7 +125,9 @@ def create_db_engine(url: str, *, pool: PoolOptions | None = None, **kwargs: Any
     if parsed.get_backend_name() != "sqlite":
         if pool is not None:
             kwargs = {**_postgres_pool(parsed, pool), **kwargs}
-        return create_engine(url, pool_pre_ping=True, **kwargs)
+        engine = create_engine(url, **kwargs)
+        _ping_when_idle(engine, PING_AFTER_IDLE.total_seconds())
+        return engine
 
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +172,31 @@ def create_db_engine(url: str, *, pool: PoolOptions | None = None, **kwargs: Any
 READ_ONLY = "baton_read_only"
 
 
+class WriteWhileReading(RuntimeError):
+    """A unit of work opened with :meth:`Database.reading` tried to write."""
+
+
+def _refuse_writes(
+    _connection: Any, _cursor: Any, statement: str, _parameters: Any, _context: Any, _many: bool
+) -> None:
+    if statement.lstrip()[:6].upper() not in ("SELECT", "BEGIN "):
+        raise WriteWhileReading(f"a reading unit of work may not run: {statement[:60]!r}")
+
+
+def _reading_engine(engine: Engine) -> Engine:
+    """The engine of :meth:`Database.reading`. On PostgreSQL it reads in
+    autocommit: no BEGIN and no ROLLBACK, two round trips of the four an
+    introspection took (each statement reads its own snapshot). On SQLite a
+    deferred transaction, which takes no lock. On both, anything but a SELECT
+    is refused before it reaches the database."""
+    options: dict[str, Any] = {READ_ONLY: True}
+    if engine.dialect.name != "sqlite":
+        options["isolation_level"] = "AUTOCOMMIT"
+    reading = engine.execution_options(**options)
+    event.listen(reading, "before_cursor_execute", _refuse_writes)
+    return reading
+
+
 class Database:
     """The engine and a factory of units of work; one per process."""
 
@@ -146,9 +204,7 @@ class Database:
         self.url = url
         self.engine = create_db_engine(url, pool=pool, **engine_kwargs)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._reading = sessionmaker(
-            self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
-        )
+        self._reading = sessionmaker(_reading_engine(self.engine), expire_on_commit=False)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -158,8 +214,8 @@ class Database:
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
-        """A unit of work that only reads. On SQLite it does not take the write
-        lock; anything it writes anyway is rolled back, never committed."""
+        """A unit of work that only reads: it takes no lock on SQLite and no
+        transaction on PostgreSQL; a write raises :class:`WriteWhileReading`."""
         session = self._reading()
         try:
             yield session

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 
-from sqlalchemy import func, select
+import psycopg
+import pytest
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
-from app.db import Database
+from app import db as db_module
+from app.db import Database, PoolOptions, WriteWhileReading
 from app.models import User
+from tests.conftest import POSTGRES_ADMIN_URL, PostgresServer
 from tests.factories import create_user
 
 
@@ -36,11 +43,76 @@ def test_a_reader_is_not_blocked_by_a_writer_holding_the_lock(database: Database
         thread.join()
 
 
-def test_what_a_reader_writes_is_never_committed(database: Database) -> None:
+def test_a_reader_refuses_to_write(database: Database) -> None:
+    """On PostgreSQL a reader runs in autocommit: a write must never reach it."""
     create_user(database)
     with database.reading() as db:
         user = db.scalars(select(User)).one()
         user.disabled = True
-        db.flush()
+        with pytest.raises(WriteWhileReading):
+            db.flush()
+    with database.reading() as db, pytest.raises(WriteWhileReading):
+        db.execute(delete(User))
     with database.transaction() as db:
         assert db.scalars(select(User)).one().disabled is False
+
+
+def test_writers_are_not_refused(database: Database) -> None:
+    """The refusal belongs to the reading engine only."""
+    create_user(database)
+    with database.reading() as db:
+        assert db.scalar(select(func.count()).select_from(User)) == 1
+    with database.transaction() as db:
+        db.execute(update(User).values(disabled=True))
+    with database.transaction() as db:
+        assert db.scalars(select(User)).one().disabled is True
+
+
+def _end_connections_to(url: str) -> int:
+    """What a PostgreSQL restart does to a pool: the server ends its connections."""
+    name = make_url(url).database
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        ended = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        ).fetchone()
+    assert ended is not None
+    return int(ended[0])
+
+
+@pytest.mark.postgres
+def test_an_idle_connection_ended_by_the_server_is_replaced(
+    postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = postgres.create_database()
+    monkeypatch.setattr(db_module, "PING_AFTER_IDLE", timedelta(0))  # every checkout is "idle"
+    database = Database(url, pool=PoolOptions(size=1, max_overflow=0))
+    try:
+        with database.transaction() as db:
+            assert db.scalar(text("SELECT 1")) == 1
+        assert _end_connections_to(url) == 1
+        with database.transaction() as db:  # pinged, found dead, replaced: no error
+            assert db.scalar(text("SELECT 1")) == 1
+    finally:
+        database.dispose()
+
+
+@pytest.mark.postgres
+def test_a_recently_used_connection_is_not_pinged_and_the_pool_recovers(
+    postgres: PostgresServer,
+) -> None:
+    """The trade-off of pinging idle connections only: a connection that served
+    a moment before the server ended it fails once; the pool is then renewed."""
+    url = postgres.create_database()
+    database = Database(url, pool=PoolOptions(size=2, max_overflow=0))
+    try:
+        with database.transaction() as db:
+            assert db.scalar(text("SELECT 1")) == 1
+        assert _end_connections_to(url) == 1
+        with pytest.raises(OperationalError), database.transaction() as db:
+            db.scalar(text("SELECT 1"))
+        with database.transaction() as db:
+            assert db.scalar(text("SELECT 1")) == 1
+    finally:
+        database.dispose()
