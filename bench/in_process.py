@@ -5,11 +5,15 @@ from uvicorn and the load generator; the figure to watch while optimising.
 
 Operations: ``flow`` (authorize -> login page -> login -> resume -> token, a
 public first-party client, argon2id at t=1 m=8KiB p=1 so that hashing is
-negligible), ``introspect`` (HTTP Basic of a resource server) and ``readyz``.
+negligible), ``introspect`` (HTTP Basic of a resource server), ``refresh`` (a
+refresh grant of the public client, on one rotating chain) and ``readyz``.
 CPU is the process's (every thread's) CPU time per operation.
 
     .venv/bin/python bench/in_process.py [--database sqlite|postgresql]
-        [--operation flow|introspect|readyz] [--count N] [--py-spy FILE]
+        [--operation flow|introspect|refresh|readyz] [--count N] [--statements] [--py-spy FILE]
+
+``--statements`` counts the SQL statements and transactions of one operation
+(every engine of the process), the most frequent first.
 
 ``--py-spy FILE`` records the measured part (collapsed stacks, GIL holders;
 ``bench/profiles.py FILE`` summarises it). py-spy must be installed in the
@@ -29,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
+from sqlalchemy import Engine, event  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from app import clients, migrate, users  # noqa: E402
@@ -225,6 +231,21 @@ def operation(name: str, call: Caller, database: Database) -> Callable[[], Await
 
         return readyz
 
+    if name == "refresh":
+        chain: list[str] = []
+
+        async def refresh() -> None:
+            if not chain:
+                chain.append((await flow())["refresh_token"])
+            form = urlencode(
+                {"grant_type": "refresh_token", "refresh_token": chain[-1], "client_id": app_client}
+            ).encode()
+            headers = {"content-type": "application/x-www-form-urlencoded"}
+            answer = expect(await call("POST", "/oauth2/token", headers, form), 200)
+            chain[-1] = json.loads(answer.body)["refresh_token"]
+
+        return refresh
+
     access_token: list[str] = []
 
     async def introspect() -> None:
@@ -242,13 +263,30 @@ def operation(name: str, call: Caller, database: Database) -> Callable[[], Await
     return introspect
 
 
+def _count_statements() -> Counter[str]:
+    """From now on, every statement any engine runs (its first words), and
+    every transaction begun and ended."""
+    counts: Counter[str] = Counter()
+
+    def statement(_conn: Any, _cursor: Any, text: str, *_: Any) -> None:
+        counts[" ".join(text.split())[:110]] += 1
+
+    event.listen(Engine, "before_cursor_execute", statement)
+    for name in ("begin", "commit", "rollback"):
+        event.listen(Engine, name, lambda _conn, name=name: counts.update([f"<{name}>"]))
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
-    parser.add_argument("--operation", choices=["flow", "introspect", "readyz"], default="flow")
+    parser.add_argument(
+        "--operation", choices=["flow", "introspect", "refresh", "readyz"], default="flow"
+    )
     parser.add_argument("--count", type=int, default=0, help="default: 500 flows, 3000 others")
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--py-spy", type=Path, default=None, metavar="FILE")
+    parser.add_argument("--statements", action="store_true", help="count SQL per operation")
     args = parser.parse_args()
     count = args.count or (500 if args.operation == "flow" else 3000)
 
@@ -277,6 +315,7 @@ def main() -> None:
                 return seconds
 
             client.portal.call(run, args.warmup)
+            statements = _count_statements() if args.statements else None
             recorder = None
             if args.py_spy is not None:
                 recorder = subprocess.Popen(
@@ -308,6 +347,9 @@ def main() -> None:
     finally:
         drop()
     seconds.sort()
+    if statements is not None:
+        for text, times in statements.most_common():
+            print(f"{times / count:7.2f}  {text}")
     print(
         f"{args.database} {args.operation}: {count} in {wall:.1f} s; "
         f"CPU {cpu / count * 1000:.3f} ms each, wall {wall / count * 1000:.3f} ms; "
