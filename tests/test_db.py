@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import create_engine, delete, event, func, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from app import db as db_module
-from app.db import Database, PoolOptions, WriteWhileReading
+from app.db import Base, Database, PoolOptions, WriteWhileReading
 from app.models import User
 from tests.conftest import POSTGRES_ADMIN_URL, PostgresServer
 from tests.factories import create_user
@@ -116,3 +118,46 @@ def test_a_recently_used_connection_is_not_pinged_and_the_pool_recovers(
             assert db.scalar(text("SELECT 1")) == 1
     finally:
         database.dispose()
+
+
+def test_sqlite_writers_of_one_process_queue_before_the_file_lock(tmp_path: Path) -> None:
+    """SQLite's own wait for its write lock is a poll with growing sleeps; a
+    writer of the same process waits on a lock of ours instead, so it never
+    asks SQLite for the lock while another of ours holds it."""
+    url = f"sqlite:///{tmp_path}/baton.db"
+    Base.metadata.create_all(create_engine(url))
+    database = Database(url)
+    order: list[str] = []
+
+    def note(suffix: str) -> Callable[..., None]:
+        return lambda *_: order.append(threading.current_thread().name + suffix)
+
+    # Taking a connection comes before asking SQLite for its lock (BEGIN IMMEDIATE).
+    event.listen(database.engine, "checkout", note(""))
+    event.listen(database.engine, "commit", note(" done"))
+    first_inside, release = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with database.transaction() as db:
+            db.execute(delete(User))
+            first_inside.set()
+            release.wait(10)
+
+    def second() -> None:
+        with database.transaction() as db:
+            db.execute(delete(User))
+
+    one = threading.Thread(target=first, name="first")
+    two = threading.Thread(target=second, name="second")
+    one.start()
+    try:
+        assert first_inside.wait(10)
+        two.start()
+        time.sleep(0.2)  # the second writer is waiting by now
+        assert order == ["first"], order
+    finally:
+        release.set()
+        one.join()
+        two.join()
+        database.dispose()
+    assert order == ["first", "first done", "second", "second done"]
