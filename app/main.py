@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -117,6 +117,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow) ->
             BodyTooLarge: _body_too_large,
             Problem: _problem_response,
             HTTPException: _http_error,
+            DBAPIError: _database_error,
             Exception: _server_error,
         },
         lifespan=lifespan,
@@ -204,6 +205,28 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         kind = _HTTP_TYPES.get(exc.status_code, "unspecified")
         return problem_response(request, Problem(exc.status_code, kind, str(exc.detail)))
     return PlainTextResponse(str(exc.detail), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    """A connection the database ended (a restart, a failover, a proxy's idle
+    timeout) fails the request it served; the pool is renewed at once, so the
+    client is told to try again (503, ``Retry-After: 1``), not that Baton
+    broke. Any other database error is a 500."""
+    assert isinstance(exc, DBAPIError)
+    if not exc.connection_invalidated:
+        return await _server_error(request, exc)
+    log.warning("database connection lost", extra={"request_id": _request_id(request)})
+    retry = {"Retry-After": "1", "Cache-Control": "no-store"}
+    if request.url.path.startswith("/oauth2/"):
+        body = {
+            "error": "temporarily_unavailable",
+            "error_description": "The database connection was lost; try again.",
+        }
+        return JSONResponse(body, status_code=503, headers=retry)
+    return problem_response(
+        request,
+        Problem(503, "unspecified", "The database connection was lost; try again.", headers=retry),
+    )
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:

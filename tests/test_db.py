@@ -13,11 +13,15 @@ import pytest
 from sqlalchemy import create_engine, delete, event, func, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from starlette.testclient import TestClient
 
 from app import db as db_module
+from app import migrate
 from app.db import Base, Database, PoolOptions, WriteWhileReading
+from app.main import create_app
 from app.models import User
-from tests.conftest import POSTGRES_ADMIN_URL, PostgresServer
+from app.settings import Settings
+from tests.conftest import BASE_URL, POSTGRES_ADMIN_URL, PostgresServer
 from tests.factories import create_user
 
 
@@ -161,3 +165,39 @@ def test_sqlite_writers_of_one_process_queue_before_the_file_lock(tmp_path: Path
         two.join()
         database.dispose()
     assert order == ["first", "first done", "second", "second done"]
+
+
+@pytest.mark.postgres
+def test_a_request_on_a_lost_connection_is_told_to_retry(postgres: PostgresServer) -> None:
+    """503 with Retry-After (an RFC 7807 problem, or RFC 6749's error on
+    /oauth2/*), never a 500; the next request gets a new connection."""
+    url = postgres.create_database()
+    migrate.upgrade(url)
+    settings = Settings(
+        database_url=url,
+        public_url=BASE_URL,
+        hash_workers=1,
+        hash_processes=False,
+        db_pool_size=1,
+        db_max_overflow=0,
+    )
+    lookup = "/api/v1/login/flow?redirection_token=" + "x" * 43
+    introspect = {"token": "unknown", "client_id": "nobody", "client_secret": "nothing"}
+    with TestClient(create_app(settings), base_url=BASE_URL) as client:
+        assert client.get(lookup).json()["status"] == "unknown"
+        _end_connections_to(url)
+        lost = client.get(lookup)
+        assert lost.status_code == 503, lost.text
+        assert lost.headers["retry-after"] == "1"
+        assert lost.headers["content-type"] == "application/problem+json"
+        assert lost.json()["type"] == "unspecified"
+        assert client.get(lookup).json()["status"] == "unknown"
+
+        refused = client.post("/oauth2/introspect", data=introspect)
+        assert refused.status_code in (400, 401), refused.text  # no such client
+        _end_connections_to(url)
+        lost = client.post("/oauth2/introspect", data=introspect)
+        assert lost.status_code == 503, lost.text
+        assert lost.json()["error"] == "temporarily_unavailable"
+        assert lost.headers["retry-after"] == "1"
+        assert client.post("/oauth2/introspect", data=introspect).json() == refused.json()
