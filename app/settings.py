@@ -222,6 +222,7 @@ class Settings:
     purge_age: timedelta = timedelta(hours=24)
     max_body_bytes: int = 64 * 1024
     max_connections: int = 1000
+    reuse_port: bool = False
     cors_origins: tuple[str, ...] = ()
     theme_css: str | None = None
     trusted_proxies: tuple[str, ...] = ()
@@ -362,6 +363,7 @@ _PARSERS = {
     "purge_age": parse_duration,
     "max_body_bytes": _positive_int,
     "max_connections": _positive_int,
+    "reuse_port": _parse_bool,
     "cors_origins": _origins,
     "theme_css": _readable_file,
     "trusted_proxies": _addresses,

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from select import select as wait_until_ready
 from threading import Barrier
 
 import pytest
@@ -31,7 +34,7 @@ from tests.factories import (
     pkce,
     query_of,
 )
-from tests.servers import BIN, Server, free_port, serving, wait_until_serving
+from tests.servers import BIN, Server, free_port, serving, stop, wait_until_serving
 
 PASSWORD = "multiprocess password, long enough"
 RACERS = 50
@@ -226,18 +229,20 @@ def test_serve_with_two_workers_serves_survives_a_dead_worker_and_stops_on_sigte
     try:
         wait_until_serving(url, process, log)
         _wait_for("two workers run", lambda: len(_workers(process.pid)) == 2)
+        _wait_for("both have started", lambda: _started(log) == 2)
         workers = _workers(process.pid)
         for _ in range(20):
             assert requests.get(url + "/demo/config.json", timeout=5).status_code == 200
 
         # One worker dies: the other keeps serving, and uvicorn replaces it.
+        started = _started(log)
         dead = min(workers)
         os.kill(dead, signal.SIGKILL)
         for _ in range(20):
             assert requests.get(url + "/api/v1/openapi.json", timeout=5).status_code == 200
         _wait_for(
             "the dead worker is replaced",
-            lambda: len(_workers(process.pid) - {dead}) == 2,
+            lambda: len(_workers(process.pid) - {dead}) == 2 and _started(log) == started + 1,
         )
 
         # What `docker stop` does: SIGTERM to the parent alone.
@@ -255,6 +260,11 @@ def test_serve_with_two_workers_serves_survives_a_dead_worker_and_stops_on_sigte
     assert text.count("GET /demo/config.json 200") == 20, text
     assert "Traceback" not in text, text
     assert "Application startup failed" not in text, text
+
+
+def _started(log: Path) -> int:
+    """Workers that have started (each listens on its own socket from then on)."""
+    return log.read_text().count("Application startup complete.")
 
 
 def _running(pid: int) -> bool:
@@ -329,3 +339,166 @@ def test_serve_with_workers_names_a_bad_setting_before_starting_any() -> None:
     assert result.stderr.startswith("Error: BATON_PUBLIC_URL: "), result.stderr
     assert "Traceback" not in result.stderr
     assert "Started parent process" not in result.stderr
+
+
+# -- one listening socket per worker --------------------------------------------------
+
+
+@contextmanager
+def _serving_with_workers(
+    tmp_path: Path, workers: int, *, reuse_port: bool
+) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "BATON_DATABASE_URL": f"sqlite:///{tmp_path}/baton.db",
+        "BATON_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "BATON_SECURE_COOKIES": "false",
+        "BATON_REUSE_PORT": str(reuse_port).lower(),
+    }
+    baton = str(BIN / "baton")
+    subprocess.run([baton, "db", "upgrade"], env=env, check=True, timeout=60)
+    log = tmp_path / f"serve-{port}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [baton, "serve", "--port", str(port), "--workers", str(workers)],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until_serving(f"http://127.0.0.1:{port}", process, log)
+        _wait_for(f"{workers} workers have started", lambda: _started(log) == workers)
+        yield process, port, log
+    finally:
+        stop(process)
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _listening_inodes(port: int) -> set[int]:
+    """Sockets listening on ``port`` (Linux ``/proc/net/tcp``)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
+            found.add(int(fields[9]))
+    return found
+
+
+def _server_side_inodes(port: int) -> dict[int, int]:
+    """Established connections to ``port`` on loopback: the client's port -> the
+    inode of the server's end (Linux ``/proc/net/tcp``)."""
+    found = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
+        if state == "01" and int(local.split(":")[1], 16) == port:
+            found[int(remote.split(":")[1], 16)] = inode
+    return found
+
+
+def _connect_at_once(port: int, count: int) -> list[socket.socket]:
+    """``count`` connections whose handshakes all start before any completes."""
+    connections = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    for connection in connections:
+        connection.setblocking(False)
+        connection.connect_ex(("127.0.0.1", port))
+    for connection in connections:
+        assert wait_until_ready([], [connection], [], 5)[1], "no connection in 5 s"
+        connection.setblocking(True)
+    return connections
+
+
+def _rounds_on_one_worker(port: int, workers: set[int], rounds: int = 5) -> int:
+    """Rounds of 8 connections opened at once that all went to one worker."""
+    on_one = 0
+    for _ in range(rounds):
+        connections = _connect_at_once(port, 8)
+        try:
+            for connection in connections:
+                connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: baton\r\n\r\n")
+            for connection in connections:
+                assert connection.recv(4096).startswith(b"HTTP/1.1 200")
+            server_ends = _server_side_inodes(port)
+            inodes = {worker: _socket_inodes(worker) for worker in workers}
+            owners = {
+                next(w for w, held in inodes.items() if server_ends[c.getsockname()[1]] in held)
+                for c in connections
+            }
+        finally:
+            for connection in connections:
+                connection.close()
+        on_one += len(owners) == 1
+    return on_one
+
+
+def test_with_reuse_port_connections_that_arrive_together_spread_over_the_workers(
+    tmp_path: Path,
+) -> None:
+    """uvicorn's one shared socket gives every connection opened at once to the
+    worker that wakes first (all 8 on one worker in nearly every round; the
+    last test checks that this is what happens without the setting). With
+    BATON_REUSE_PORT each worker has a socket and the kernel spreads them:
+    all 8 on one worker 1 time in 128. A worker that replaces a dead one
+    gets its share too."""
+    with _serving_with_workers(tmp_path, workers=2, reuse_port=True) as (process, port, log):
+        _assert_a_listening_socket_each(process.pid, port)
+        assert _rounds_on_one_worker(port, _workers(process.pid)) <= 1
+
+        dead = min(_workers(process.pid))
+        os.kill(dead, signal.SIGKILL)
+        _wait_for(
+            "the dead worker is replaced and has started",
+            lambda: len(_workers(process.pid) - {dead}) == 2 and _started(log) == 3,
+        )
+        _assert_a_listening_socket_each(process.pid, port)
+        assert _rounds_on_one_worker(port, _workers(process.pid)) <= 1
+
+
+def _assert_a_listening_socket_each(parent: int, port: int) -> None:
+    """Each worker listens on a socket of its own; the parent's (which holds
+    the port) does not listen, or connections would wait there forever."""
+    listening = _listening_inodes(port)
+    held = {worker: _socket_inodes(worker) & listening for worker in _workers(parent)}
+    assert all(len(inodes) == 1 for inodes in held.values()), held
+    assert len(set().union(*held.values())) == len(held) == len(listening)
+    assert not _socket_inodes(parent) & listening
+
+
+@pytest.mark.parametrize(("first", "second"), [(2, 2), (2, 1), (1, 2)])
+def test_with_reuse_port_a_second_server_on_a_port_in_use_is_refused(
+    tmp_path: Path, first: int, second: int
+) -> None:
+    """The workers' sockets share the port with one another, never with a
+    server started on it by mistake; and that one does not take it over."""
+    with _serving_with_workers(tmp_path, workers=first, reuse_port=True) as (process, port, _log):
+        result = subprocess.run(
+            [str(BIN / "baton"), "serve", "--port", str(port), "--workers", str(second)],
+            env={
+                **os.environ,
+                "BATON_DATABASE_URL": f"sqlite:///{tmp_path}/baton.db",
+                "BATON_REUSE_PORT": "true",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode != 0
+        assert "address already in use" in (result.stdout + result.stderr).lower(), result
+        assert "Traceback" not in result.stderr
+        for _ in range(20):  # none of them lands in the refused server
+            assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        assert process.poll() is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -250,7 +251,7 @@ def serve(ctx: Context, host: str, port: int, workers: int) -> None:
     """
     import uvicorn
 
-    from app import logs
+    from app import listening, logs
     from app.http_protocol import CappedHttpToolsProtocol
     from app.main import create_app
 
@@ -267,12 +268,9 @@ def serve(ctx: Context, host: str, port: int, workers: int) -> None:
         # inherit, where --database-url must be too.
         os.environ["BATON_DATABASE_URL"] = settings.database_url
         app = WORKER_APP
-    uvicorn.run(
-        app,
+    options: dict[str, Any] = dict(
         factory=workers > 1,
         workers=workers,
-        host=host,
-        port=port,
         # uvicorn applies it in every process it starts, workers included.
         log_config=logs.config(settings),
         log_level=settings.log_level,
@@ -297,6 +295,28 @@ def serve(ctx: Context, host: str, port: int, workers: int) -> None:
         # On SIGTERM, requests in flight get this long to finish.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace.total_seconds()),
     )
+    if workers == 1 or not settings.reuse_port:
+        uvicorn.run(app, host=host, port=port, **options)
+        return
+    if not listening.SPREADS_CONNECTIONS:
+        raise click.ClickException("BATON_REUSE_PORT: the kernel spreads connections on Linux only")
+    # A socket per worker, so that the kernel spreads connections over them
+    # (app/listening.py); uvicorn's supervisor still starts, replaces and
+    # stops the workers.
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(app, host=host, port=port, **options)
+    try:
+        parent = listening.reserve(host, port)
+    except OSError as error:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    logging.getLogger("uvicorn.error").info(
+        "Uvicorn running on http://%s:%d with %d workers, a socket each (Press CTRL+C to quit)",
+        host,
+        parent.getsockname()[1],
+        workers,
+    )
+    Multiprocess(config, sockets=[parent]).run()
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
