@@ -91,13 +91,13 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
         return find_token(self.server.db, token_string, token_type_hint, self.server.clock())
 
     def introspect_token(self, token: IssuedToken) -> dict[str, Any]:
-        row, client, user = token.row, token.client, token.user
+        row, user = token.row, token.user
         if user is not None and user.disabled:
             return {"active": False}
         payload: dict[str, Any] = {
             "active": True,
             "scope": token.get_scope(),
-            "client_id": client.client_id,
+            "client_id": token.client_id,
             "token_type": "refresh_token" if token.refresh else "Bearer",
             "exp": int(token.expires_at.timestamp()),
             "iat": int(row.issued_at.timestamp()),
