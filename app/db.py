@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -173,6 +175,63 @@ def create_db_engine(url: str, *, pool: PoolOptions | None = None, **kwargs: Any
 READ_ONLY = "baton_read_only"
 
 
+def sqlite_file(url: URL) -> Path | None:
+    """The file of a SQLite database (None: in memory)."""
+    return Path(url.database) if url.database and url.database != ":memory:" else None
+
+
+class SqliteWriters:
+    """SQLite has one writer at a time, and a writer that finds the lock taken
+    polls for it, sleeping 1, 2, 5, 10 … up to 100 ms between tries: under
+    load, most of a write's wait was sleep past the lock's release, and with
+    several workers the lock sat free while they slept. Baton's writers queue
+    here instead and wake as soon as it is free: the threads of a process on a
+    lock, the processes on ``flock`` of a file beside the database
+    (``<database>-writers``; released by the kernel if a process dies). Other
+    writers (``baton`` commands) still meet SQLite's own lock, which remains
+    what keeps writes apart; this only orders Baton's own. Where the file
+    cannot be opened (read-only directory, another user's), processes are
+    left to SQLite's polling."""
+
+    def __init__(self, database: Path | None) -> None:
+        self._threads = threading.RLock()
+        self._path = None if database is None else database.with_name(database.name + "-writers")
+        self._fd: int | None = None
+        self._depth = 0  # the owning thread's nested units of work
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        try:
+            if self._depth == 0 and (fd := self._file()) is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._threads.release()
+            raise
+        self._depth += 1
+
+    def __exit__(self, *_: object) -> None:
+        self._depth -= 1
+        try:
+            if self._depth == 0 and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+    def _file(self) -> int | None:
+        if self._fd is None and self._path is not None:
+            try:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError:
+                self._path = None  # left to SQLite's polling
+        return self._fd
+
+    def close(self) -> None:
+        with self._threads:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
 class WriteWhileReading(RuntimeError):
     """A unit of work opened with :meth:`Database.reading` tried to write."""
 
@@ -205,13 +264,10 @@ class Database:
         self.url = url
         self.engine = create_db_engine(url, pool=pool, **engine_kwargs)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        # SQLite has one writer at a time, and a writer that finds the lock
-        # taken polls for it, sleeping 1, 2, 5, 10 … ms between tries: under
-        # load, most of a write's wait was sleep past the lock's release.
-        # Writers of this process queue here instead and wake when it is free;
-        # only the other processes' writers are left to the polling.
         self._writers: AbstractContextManager[object] = (
-            threading.RLock() if self.engine.dialect.name == "sqlite" else nullcontext()
+            SqliteWriters(sqlite_file(self.engine.url))
+            if self.engine.dialect.name == "sqlite"
+            else nullcontext()
         )
         self._reading = sessionmaker(_reading_engine(self.engine), expire_on_commit=False)
 
@@ -234,3 +290,5 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if isinstance(self._writers, SqliteWriters):
+            self._writers.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -165,6 +167,77 @@ def test_sqlite_writers_of_one_process_queue_before_the_file_lock(tmp_path: Path
         two.join()
         database.dispose()
     assert order == ["first", "first done", "second", "second done"]
+
+
+def _write_until_released(url: str, inside: Any, release: Any) -> None:
+    """In another process: hold a write unit of work until told to commit."""
+    database = Database(url)
+    try:
+        with database.transaction() as db:
+            db.execute(delete(User))
+            inside.set()
+            release.wait(20)
+    finally:
+        database.dispose()
+
+
+def test_sqlite_writers_of_other_processes_queue_before_the_file_lock(tmp_path: Path) -> None:
+    """Across processes (``baton serve --workers N``) too: while another
+    process holds a write unit of work, a writer here waits on the lock file
+    beside the database, not in SQLite's polling, and goes as soon as it is
+    released. Without it the writer would take a connection and sleep in
+    BEGIN IMMEDIATE, retrying up to every 100 ms."""
+    url = f"sqlite:///{tmp_path}/baton.db"
+    Base.metadata.create_all(create_engine(url))
+    spawn = multiprocessing.get_context("spawn")
+    inside, release = spawn.Event(), spawn.Event()
+    other = spawn.Process(target=_write_until_released, args=(url, inside, release))
+    database = Database(url)
+    checked_out: list[float] = []
+    event.listen(database.engine, "checkout", lambda *_: checked_out.append(time.monotonic()))
+    committed = threading.Event()
+
+    def write() -> None:
+        with database.transaction() as db:
+            db.execute(delete(User))
+        committed.set()
+
+    writer = threading.Thread(target=write)
+    other.start()
+    try:
+        assert inside.wait(30)
+        writer.start()
+        time.sleep(0.3)  # the writer is waiting by now
+        assert checked_out == []
+        assert not committed.is_set()
+        released = time.monotonic()
+        release.set()
+        assert committed.wait(10)
+        assert len(checked_out) == 1
+        assert checked_out[0] >= released
+    finally:
+        release.set()
+        other.join(30)
+        writer.join(10)
+        database.dispose()
+    assert other.exitcode == 0
+    assert (tmp_path / "baton.db-writers").exists()
+
+
+def test_sqlite_writers_without_a_lock_file_are_left_to_sqlite(tmp_path: Path) -> None:
+    """A lock file that cannot be made (here: a directory in its place) is
+    no error: the writers queue in SQLite's polling, as any other writer."""
+    url = f"sqlite:///{tmp_path}/baton.db"
+    Base.metadata.create_all(create_engine(url))
+    (tmp_path / "baton.db-writers").mkdir()
+    database = Database(url)
+    try:
+        with database.transaction() as db:
+            db.execute(delete(User))
+        with database.transaction() as db:
+            assert db.scalar(select(func.count()).select_from(User)) == 0
+    finally:
+        database.dispose()
 
 
 @pytest.mark.postgres
