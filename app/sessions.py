@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from app import tokens
@@ -15,9 +15,19 @@ COOKIE_NAME = "session_id"
 
 
 @dataclass(frozen=True, slots=True)
+class CreatedSession:
+    """A session's row as inserted (the columns its creators read back)."""
+
+    id: int
+    id_hash: str
+    created_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class NewSession:
     secret: str  # goes into the cookie, never into the database
-    row: BrowserSession
+    row: CreatedSession
 
 
 def create(
@@ -32,18 +42,28 @@ def create(
 ) -> NewSession:
     # Always a fresh id: whatever the browser sent is never reused (session fixation).
     secret = tokens.new_secret()
-    row = BrowserSession(
-        id_hash=tokens.digest(secret),
-        user_id=user_id,
-        flow_id=flow_id,
-        created_at=now,
-        expires_at=now + duration,
-        ip=ip,
-        user_agent=user_agent[:512] if user_agent else None,
+    id_hash, expires_at = tokens.digest(secret), now + duration
+    # Core, not the ORM: the new session is not read back in this unit of work.
+    session_id = db.execute(
+        _INSERT,
+        {
+            "id_hash": id_hash,
+            "user_id": user_id,
+            "flow_id": flow_id,
+            "created_at": now,
+            "expires_at": expires_at,
+            "ip": ip,
+            "user_agent": user_agent[:512] if user_agent else None,
+        },
+    ).scalar_one()
+    return NewSession(
+        secret=secret,
+        row=CreatedSession(id=session_id, id_hash=id_hash, created_at=now, expires_at=expires_at),
     )
-    db.add(row)
-    db.flush()
-    return NewSession(secret=secret, row=row)
+
+
+_TABLE = BrowserSession.metadata.tables[BrowserSession.__tablename__]
+_INSERT = insert(_TABLE).returning(_TABLE.c.id)
 
 
 TOUCH_EVERY = timedelta(minutes=1)

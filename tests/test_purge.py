@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app import audit, sessions
 from app.db import Database, utcnow
@@ -29,10 +29,17 @@ def test_ended_sessions_are_purged_and_live_ones_kept(database: Database) -> Non
     with database.transaction() as db:
         expired = sessions.create(db=db, user_id=user_id, now=now - 3 * day, duration=day)
         revoked = sessions.create(db=db, user_id=user_id, now=now - 3 * day, duration=9 * day)
-        revoked.row.revoked_at = now - 2 * day
         recently_revoked = sessions.create(db=db, user_id=user_id, now=now - day, duration=9 * day)
-        recently_revoked.row.revoked_at = now - timedelta(hours=1)
         live = sessions.create(db=db, user_id=user_id, now=now - 3 * day, duration=9 * day)
+        for revoked_at, session in (
+            (now - 2 * day, revoked),
+            (now - timedelta(hours=1), recently_revoked),
+        ):
+            db.execute(
+                update(BrowserSession)
+                .where(BrowserSession.id == session.row.id)
+                .values(revoked_at=revoked_at)
+            )
         kept = {recently_revoked.row.id, live.row.id}
         gone = {expired.row.id, revoked.row.id}
 
