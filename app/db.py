@@ -189,7 +189,10 @@ class SqliteWriters:
     lock, the processes on ``flock`` of a file beside the database
     (``<database>-writers``; released by the kernel if a process dies). Other
     writers (``baton`` commands) still meet SQLite's own lock, which remains
-    what keeps writes apart; this only orders Baton's own. Where the file
+    what keeps writes apart; this only orders Baton's own. A writer waits for
+    the file as long as its holder keeps it, with no timeout of its own: a
+    process holds it only for one unit of work, whose statements SQLite
+    bounds (30 s), and the kernel drops it with the process. Where the file
     cannot be opened (read-only directory, another user's), processes are
     left to SQLite's polling."""
 

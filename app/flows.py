@@ -8,7 +8,7 @@ number of processes racing on one token produce exactly one winner.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -78,33 +78,37 @@ def create(
     public_id: str | None = None,
 ) -> NewFlow:
     token = tokens.new_secret()
-    row = CreatedFlow(
-        id=0,
-        public_id=public_id or tokens.new_public_id(),
-        token_hash=tokens.digest(token),
-        created_at=now,
-        expires_at=now + ttl,
-    )
+    public_id = public_id or tokens.new_public_id()
+    token_hash, expires_at = tokens.digest(token), now + ttl
     # Core, not the ORM: a flow is written once here and never loaded back
     # by this unit of work (flows.create through the ORM cost 4x the INSERT).
     flow_id = db.execute(
         _INSERT,
         {
-            "public_id": row.public_id,
-            "token_hash": row.token_hash,
+            "public_id": public_id,
+            "token_hash": token_hash,
             "kind": kind,
             "client_pk": client_pk,
             "request": request,
             "redir_to": redir_to,
             "binding_hash": binding_hash,
             "subject_id": subject_id,
-            "created_at": row.created_at,
-            "expires_at": row.expires_at,
+            "created_at": now,
+            "expires_at": expires_at,
             "requester_ip": ip,
             "requester_agent": user_agent[:512] if user_agent else None,
         },
     ).scalar_one()
-    return NewFlow(token=token, row=replace(row, id=flow_id))
+    return NewFlow(
+        token=token,
+        row=CreatedFlow(
+            id=flow_id,
+            public_id=public_id,
+            token_hash=token_hash,
+            created_at=now,
+            expires_at=expires_at,
+        ),
+    )
 
 
 _TABLE = PendingFlow.metadata.tables[PendingFlow.__tablename__]

@@ -34,7 +34,9 @@ from typing import Any
 SPREADS_CONNECTIONS = sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")
 
 
-def _bound(family: socket.AddressFamily, address: Any) -> socket.socket:
+def bound_socket(family: socket.AddressFamily, address: Any) -> socket.socket:
+    """A socket bound to ``address`` with ``SO_REUSEPORT``, not yet listening:
+    the parent's, and each worker's own (uvicorn listens on it)."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -46,18 +48,13 @@ def _bound(family: socket.AddressFamily, address: Any) -> socket.socket:
     return sock
 
 
-def worker_listener(family: socket.AddressFamily, address: Any) -> socket.socket:
-    """A worker's own socket, bound where the parent's is (uvicorn listens on it)."""
-    return _bound(family, address)
-
-
 class ParentSocket(socket.socket):
     """The parent's socket. uvicorn hands "the" listening socket to each worker
     it starts (pickled, as multiprocessing passes sockets); this one arrives
     as a new socket of that worker's own, bound to the same address."""
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return worker_listener, (self.family, self.getsockname())
+        return bound_socket, (self.family, self.getsockname())
 
 
 def reserve(host: str, port: int) -> ParentSocket:
@@ -69,7 +66,7 @@ def reserve(host: str, port: int) -> ParentSocket:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(address)
-    plain = _bound(family, address)
+    plain = bound_socket(family, address)
     try:
         parent = ParentSocket(family, socket.SOCK_STREAM, fileno=plain.detach())
     finally:
