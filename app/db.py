@@ -132,8 +132,8 @@ def create_db_engine(url: str, *, pool: PoolOptions | None = None, **kwargs: Any
         _ping_when_idle(engine, PING_AFTER_IDLE.total_seconds())
         return engine
 
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if (database := sqlite_file(parsed)) is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
         if pool is not None:
             # A server keeps the connections its pool settings allow: past
             # SQLAlchemy's default of 5, each busy request opened a connection

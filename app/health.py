@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app import migrate
+from app.db import sqlite_file
 from app.problems import PROBLEM_CONTENT_TYPE, Problem
 
 log = logging.getLogger("baton.health")
@@ -109,7 +110,7 @@ def _names(revisions: frozenset[str]) -> str:
 def _probe_engine(database_url: str, timeout: float) -> Engine:
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
-        if url.database in (None, "", ":memory:"):
+        if sqlite_file(url) is None:
             # Each connection would be a database of its own: nothing to keep.
             return create_engine(url, poolclass=NullPool, connect_args={"timeout": timeout})
         # One connection kept: opening the file (and its WAL) at every probe
