@@ -16,7 +16,7 @@ from typing import Any
 import httpx2
 import pytest
 import requests
-from sqlalchemy import select
+from sqlalchemy import Engine, event, select
 from starlette.testclient import TestClient
 
 from app import authorizations, clients, tokens, users
@@ -708,7 +708,14 @@ def test_bad_revocation_requests(
 @pytest.mark.usefixtures("alice")
 @pytest.mark.parametrize(
     "credentials",
-    ["none", "wrong secret", "unknown client", "public client_id", "secret in the body only"],
+    [
+        "none",
+        "wrong secret",
+        "unknown client",
+        "a NUL in the client_id",
+        "public client_id",
+        "secret in the body only",
+    ],
 )
 def test_introspection_requires_client_authentication(
     client: TestClient,
@@ -726,6 +733,9 @@ def test_introspection_requires_client_authentication(
         auth = (resource_server.client_id, "wrong")
     elif credentials == "unknown client":
         auth = ("nobody", "secret")
+    elif credentials == "a NUL in the client_id":
+        assert resource_server.secret is not None
+        auth = (resource_server.client_id + "\x00", resource_server.secret)
     elif credentials == "public client_id":
         data["client_id"] = public_client.client_id
     elif credentials == "secret in the body only":
@@ -736,6 +746,49 @@ def test_introspection_requires_client_authentication(
 
     assert_oauth_error(response, "invalid_client", status=401)
     assert "active" not in response.json()
+
+
+@contextmanager
+def selects() -> Iterator[list[str]]:
+    """The SELECT statements that any engine of this process runs meanwhile."""
+    statements: list[str] = []
+
+    def seen(_c: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        yield statements
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)
+
+
+@pytest.mark.usefixtures("alice")
+@pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
+def test_introspection_reads_the_caller_and_the_token_in_one_statement(
+    client: TestClient, public_client: ClientInfo, resource_server: ClientInfo, method: str
+) -> None:
+    """A resource server introspects on every request it serves: the client
+    that calls and the token it presents are read in one round trip, and the
+    answer is the same as when they are read one by one."""
+    body = obtain(client, public_client, scope="read")
+    assert resource_server.secret is not None
+    data = {"token": body["refresh_token"]}
+    auth: tuple[str, str] | None = (resource_server.client_id, resource_server.secret)
+    if method == "client_secret_post":
+        data |= {"client_id": resource_server.client_id, "client_secret": resource_server.secret}
+        auth = None
+
+    with selects() as statements:
+        response = client.post("/oauth2/introspect", data=data, auth=auth)
+
+    assert response.status_code == 200, response.text
+    document = response.json()
+    assert (document["active"], document["scope"]) == (True, "read")
+    assert (document["client_id"], document["username"]) == (public_client.client_id, "alice")
+    assert document["token_type"] == "refresh_token"
+    assert len(statements) == 1, statements
 
 
 @pytest.mark.usefixtures("alice")

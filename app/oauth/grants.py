@@ -16,6 +16,7 @@ from authlib.oidc.core import OpenIDCode, UserInfo
 from sqlalchemy import bindparam, insert, or_, select, update
 
 from app import audit, keys, tokens
+from app.clients import ClientRecord
 from app.models import AuthorizationCode, Client, Grant, Token, User
 
 if TYPE_CHECKING:
@@ -308,15 +309,24 @@ _TOKEN_BY_DIGEST = (
 )
 
 
+MAX_TOKEN_LENGTH = 512  # Baton's are 43 characters; longer ones are not looked up
+
+
 def find_token(db: Any, secret: str, hint: str | None, now: datetime) -> IssuedToken | None:
     """The access or refresh token ``secret``, found in one statement with its
     client and user (introspection needs all three). Both hashes are unique
     and indexed, so the hint (RFC 7009 §2.1, RFC 7662 §2.1) is not needed."""
-    if len(secret) > 512:
+    if len(secret) > MAX_TOKEN_LENGTH:
         return None
     digest = tokens.digest(secret)
     found = db.execute(_TOKEN_BY_DIGEST, {"digest": digest}).first()
-    if found is None:
+    return None if found is None else _issued(tuple(found), digest, now)
+
+
+def _issued(found: tuple[Any, ...], digest: str, now: datetime) -> IssuedToken | None:
+    """The token of a row laid out as ``_TOKEN_BY_DIGEST``'s columns (None
+    when an outer join found none)."""
+    if found[0] is None:
         return None
     row = TokenRecord(*found[:_TOKEN_FIELDS])
     client_id, user_fields = found[_TOKEN_FIELDS], found[_TOKEN_FIELDS + 1 :]
@@ -327,6 +337,62 @@ def find_token(db: Any, secret: str, hint: str | None, now: datetime) -> IssuedT
         now=now,
         client_id=client_id,
         user=user,
+    )
+
+
+_CALLER, _ISSUED_TO = Client.__table__.alias("caller"), Client.__table__.alias("issued_to")
+_CLIENT_FIELDS = len(ClientRecord.__slots__)
+_CALLER_AND_TOKEN = (
+    select(
+        *(_CALLER.c[name] for name in ClientRecord.__slots__),
+        *(_TOKENS[name] for name in TokenRecord.__slots__),
+        _ISSUED_TO.c.client_id,
+        *(_USERS[name].label(f"user_{name}") for name in TokenUser.__slots__),
+    )
+    .select_from(
+        _CALLER.outerjoin(
+            Token.__table__,
+            or_(
+                _TOKENS.access_token_hash == bindparam("digest"),
+                _TOKENS.refresh_token_hash == bindparam("digest"),
+            ),
+        )
+        .outerjoin(_ISSUED_TO, _TOKENS.client_pk == _ISSUED_TO.c.id)
+        .outerjoin(User.__table__, _TOKENS.user_id == _USERS.id)
+    )
+    .where(_CALLER.c.client_id == bindparam("client_id"))
+    .limit(1)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CallerAndToken:
+    """What :func:`find_caller_and_token` read: the client that claims to call
+    (not yet authenticated) and the token it presents, as of ``digest``."""
+
+    client: ClientRecord | None
+    token: IssuedToken | None
+    digest: str
+
+
+def find_caller_and_token(db: Any, client_id: str, secret: str, now: datetime) -> CallerAndToken:
+    """The calling client and the token it presents, in one statement: what
+    introspection needs, in one round trip instead of two (a resource server
+    introspects on every request it serves). Reading the token before the
+    client has authenticated reveals nothing: the caller sees it only once
+    authlib has checked the client's secret against the record read here.
+    Both lookups hit a unique index; the token is not looked up (and the
+    client alone is) where :func:`find_token` would not look it up either."""
+    digest = tokens.digest(secret) if len(secret) <= MAX_TOKEN_LENGTH else ""
+    if "\x00" in client_id:  # no stored id has one, and PostgreSQL text cannot
+        return CallerAndToken(None, None, digest)
+    found = db.execute(_CALLER_AND_TOKEN, {"client_id": client_id, "digest": digest}).first()
+    if found is None:
+        return CallerAndToken(None, None, digest)
+    return CallerAndToken(
+        ClientRecord(*found[:_CLIENT_FIELDS]),
+        _issued(tuple(found[_CLIENT_FIELDS:]), digest, now) if digest else None,
+        digest,
     )
 
 

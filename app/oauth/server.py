@@ -202,11 +202,18 @@ class BatonAuthorizationServer(AuthorizationServer):
 
     def query_client(self, client_id: str) -> OAuthClient | None:
         # authlib asks more than once per request; once per unit of work is enough.
+        if client_id not in self._clients():
+            self.remember_client(client_id, clients.record(db=self.db, client_id=client_id))
+        return self._clients()[client_id]
+
+    def remember_client(self, client_id: str, record: clients.ClientRecord | None) -> None:
+        """What :meth:`query_client` answers for ``client_id`` for the rest of
+        this unit of work (a record read along with something else)."""
+        self._clients()[client_id] = None if record is None else OAuthClient(record)
+
+    def _clients(self) -> dict[str, OAuthClient | None]:
         cache: dict[str, OAuthClient | None] = self.db.info.setdefault("baton_clients", {})
-        if client_id not in cache:
-            row = clients.record(db=self.db, client_id=client_id)
-            cache[client_id] = None if row is None else OAuthClient(row)
-        return cache[client_id]
+        return cache
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         """Store a new token, as hashes: a code exchange starts a family, a
