@@ -66,6 +66,10 @@ def _in_thread(frames: Frames) -> bool:
 # The parts of a request to the token endpoints, in the order a sample is
 # assigned: the first that matches takes it.
 PARTS: list[tuple[str, Callable[[Frames], bool]]] = [
+    (
+        "thread: introspection's read-ahead (SELECT client and token)",
+        _calls("find_caller_and_token ("),
+    ),
     ("thread: client authentication (SELECT client)", _calls("ClientAuthentication.__call__ (")),
     (
         "thread: refresh token check (SELECT token, UPDATE spent, grant)",
@@ -73,7 +77,7 @@ PARTS: list[tuple[str, Callable[[Frames], bool]]] = [
     ),
     ("thread: find_token (SELECT token by hash)", _calls("find_token (")),
     (
-        "thread: introspect_token (SELECT client, user by key)",
+        "thread: introspect_token (the answer, from what was read)",
         _calls("IntrospectionEndpoint.introspect_token ("),
     ),
     ("thread: authenticate_user (SELECT user)", _calls("RefreshTokenGrant.authenticate_user (")),
