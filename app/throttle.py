@@ -43,13 +43,14 @@ def ip_key(ip: str | None) -> str | None:
 
 # Built once: building a statement and its cache key costs more than running
 # it. Both keys of an attempt are counted in one statement.
+_FAILURES = LoginFailure.metadata.tables[LoginFailure.__tablename__].c
 _RECENT = (
-    select(LoginFailure.key, func.count(), func.max(LoginFailure.occurred_at))
+    select(_FAILURES.key, func.count(), func.max(_FAILURES.occurred_at))
     .where(
-        LoginFailure.key.in_([bindparam("user"), bindparam("ip")]),
-        LoginFailure.occurred_at > bindparam("since"),
+        _FAILURES.key.in_([bindparam("user"), bindparam("ip")]),
+        _FAILURES.occurred_at > bindparam("since"),
     )
-    .group_by(LoginFailure.key)
+    .group_by(_FAILURES.key)
 )
 
 

@@ -10,10 +10,14 @@ refresh grant of the public client, on one rotating chain) and ``readyz``.
 CPU is the process's (every thread's) CPU time per operation.
 
     .venv/bin/python bench/in_process.py [--database sqlite|postgresql]
-        [--operation flow|introspect|refresh|readyz] [--count N] [--statements] [--py-spy FILE]
+        [--operation flow|introspect|refresh|readyz] [--count N] [--statements] [--steps]
+        [--py-spy FILE]
 
 ``--statements`` counts the SQL statements and transactions of one operation
 (every engine of the process), the most frequent first.
+
+``--steps`` prints the CPU of each request of the operation (for a flow:
+authorize, login page, login, resume, token), per operation.
 
 ``--py-spy FILE`` records the measured part (collapsed stacks, GIL holders;
 ``bench/profiles.py FILE`` summarises it). py-spy must be installed in the
@@ -79,6 +83,14 @@ class Caller:
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self.steps: Counter[str] | None = None  # CPU seconds by step, when counting
+
+    @staticmethod
+    def step(method: str, path: str, query: str) -> str:
+        """The step of a whole flow that a request is."""
+        if path == "/oauth2/authorize":
+            return "resume" if "flow=" in query else "authorize"
+        return {"/api/v1/login": "login", "/oauth2/token": "token"}.get(path, f"{method} {path}")
 
     async def __call__(
         self, method: str, target: str, headers: dict[str, str] | None = None, body: bytes = b""
@@ -119,7 +131,10 @@ class Caller:
             else:
                 response.body += message.get("body", b"")
 
+        cpu = time.process_time()
         await self.app(scope, receive, send)
+        if self.steps is not None:
+            self.steps[self.step(method, path, query)] += time.process_time() - cpu
         return response
 
 
@@ -287,6 +302,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--py-spy", type=Path, default=None, metavar="FILE")
     parser.add_argument("--statements", action="store_true", help="count SQL per operation")
+    parser.add_argument("--steps", action="store_true", help="CPU of each request")
     args = parser.parse_args()
     count = args.count or (500 if args.operation == "flow" else 3000)
 
@@ -304,7 +320,8 @@ def main() -> None:
         database = Database(url)
         app = create_app(settings)
         with TestClient(app, base_url=BASE) as client:  # runs the lifespan
-            one = operation(args.operation, Caller(app), database)
+            caller = Caller(app)
+            one = operation(args.operation, caller, database)
 
             async def run(times: int) -> list[float]:
                 seconds = []
@@ -316,6 +333,8 @@ def main() -> None:
 
             client.portal.call(run, args.warmup)
             statements = _count_statements() if args.statements else None
+            if args.steps:
+                caller.steps = Counter()
             recorder = None
             if args.py_spy is not None:
                 recorder = subprocess.Popen(
@@ -347,6 +366,9 @@ def main() -> None:
     finally:
         drop()
     seconds.sort()
+    if caller.steps is not None:
+        for step, spent in caller.steps.items():  # in the order of the first request
+            print(f"{spent / count * 1000:8.3f} ms CPU  {step}")
     if statements is not None:
         for text, times in statements.most_common():
             print(f"{times / count:7.2f}  {text}")

@@ -11,8 +11,12 @@ runs it) and PostgreSQL (over loopback). The operations:
   around one Core SELECT, beside a bare ``engine.begin()`` around the same;
 - ``SELECT a user by name``: as an ORM entity, as Core columns through the ORM
   session, through the Connection, and through the DBAPI cursor alone;
-- ``INSERT a pending flow``: ``flows.create`` (ORM add and flush) beside one
-  Core INSERT.
+- ``INSERT a pending flow``: ``flows.create`` (a Core INSERT … RETURNING id
+  since the fourth session; an ORM add and flush before) beside a bare Core
+  INSERT;
+- ``UPDATE a flow … RETURNING``: one conditional UPDATE (as ``flows.consume``
+  and the single-use updates run) built on the mapped class, which sends it
+  through the ORM's bulk-update path, beside the same statement on the table.
 
 A flow is 5 requests, 5 thread hops, 5 units of work and ~27 statements
 (``bench/in_process.py --statements`` counts them), so these rows bound what
@@ -35,7 +39,7 @@ from typing import Any
 import anyio
 import harness
 from anyio import to_thread
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, insert, select, update
 
 from app import clients, flows, migrate, users
 from app.db import Database, utcnow
@@ -95,6 +99,21 @@ def database_rows(url: str, count: int) -> list[tuple[str, float]]:
         entity = select(User).where(User.username == bindparam("name"))
         columns = select(users_table).where(users_table.c.username == bindparam("name"))
         flow_insert = insert(PendingFlow.__table__)
+        flows_table = PendingFlow.__table__.c
+        mapped_update = (
+            update(PendingFlow)
+            .where(PendingFlow.public_id == bindparam("flow"), PendingFlow.resumed_at.is_(None))
+            .values(resumed_at=bindparam("now"))
+            .returning(PendingFlow.kind, PendingFlow.decision)
+            .execution_options(synchronize_session=False)
+        )
+        table_update = (
+            update(PendingFlow.__table__)
+            .where(flows_table.public_id == bindparam("flow"), flows_table.resumed_at.is_(None))
+            .values(resumed_at=bindparam("now"))
+            .returning(flows_table.kind, flows_table.decision)
+        )
+        no_flow = {"flow": "none", "now": now}
         named = {"name": "alice"}
         with database.engine.connect() as probe:
             driver_sql = str(columns.compile(probe, compile_kwargs={"render_postcompile": True}))
@@ -165,11 +184,16 @@ def database_rows(url: str, count: int) -> list[tuple[str, float]]:
                     cpu_per_call(lambda: connection.execute(columns, named).first(), count),
                 ),
                 ("SELECT a user by name: DBAPI cursor", cpu_per_call(by_driver, count)),
-                (
-                    "INSERT a pending flow: flows.create (ORM)",
-                    cpu_per_call(lambda: new_flow(db), count),
-                ),
+                ("INSERT a pending flow: flows.create", cpu_per_call(lambda: new_flow(db), count)),
                 ("INSERT a pending flow: Core", cpu_per_call(lambda: core_flow(db), count)),
+                (
+                    "UPDATE a flow RETURNING: on the mapped class (ORM)",
+                    cpu_per_call(lambda: db.execute(mapped_update, no_flow).first(), count),
+                ),
+                (
+                    "UPDATE a flow RETURNING: on the table (Core)",
+                    cpu_per_call(lambda: db.execute(table_update, no_flow).first(), count),
+                ),
             ]
             db.rollback()
         return rows
