@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from app.db import Database
 from app.main import create_app
-from app.models import Grant, PendingFlow
+from app.models import Grant, PendingFlow, Token
 from app.settings import Settings
 from tests.conftest import BASE_URL, Clock
 from tests.factories import (
@@ -306,6 +306,33 @@ def test_first_party_clients_are_not_asked_but_their_grant_is_listed(
     assert "code" in callback_of(response, params)
     listed = client.get("/api/v1/users/me/oauth2/authorizations")
     assert [g["app_name"] for g in listed.json()] == ["Console"]
+
+
+def test_a_first_party_grant_grows_and_starts_again_at_each_authorization(
+    make_settings: Any, clock: Clock, alice: None, database: Database
+) -> None:
+    """A later request for more scopes widens the user's one grant, and its
+    lifetime starts again; the code issued then carries the widened grant
+    (a refresh token of it lives until the renewed end)."""
+    first_party = create_client(database, name="Console")
+    lifetime = timedelta(hours=2)
+    settings = make_settings(grant_lifetime=lifetime, session_duration=timedelta(days=1))
+    with TestClient(create_app(settings, clock=clock), base_url=BASE_URL) as browser:
+        start(browser, first_party, scope="read")
+        [grant] = grants_of(database)
+        assert (grant.scope, grant.expires_at) == ("read", clock.now + lifetime)
+
+        clock.advance(timedelta(hours=1))
+        params, response = start(browser, first_party, scope="write")
+        body = token_for(browser, params, callback_of(response, params)["code"])
+
+    [grant] = grants_of(database)
+    assert grant.scope == "read write"
+    assert (grant.updated_at, grant.expires_at) == (clock.now, clock.now + lifetime)
+    assert body["scope"] == "write"
+    with database.transaction() as db:
+        token = db.scalars(select(Token).where(Token.grant_id == grant.id)).one()
+        assert token.refresh_expires_at == clock.now + lifetime
 
 
 def test_grants_expire_after_their_lifetime(
