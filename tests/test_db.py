@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,35 @@ def test_a_reader_refuses_to_write(database: Database) -> None:
         db.execute(delete(User))
     with database.transaction() as db:
         assert db.scalars(select(User)).one().disabled is False
+
+
+@pytest.mark.parametrize("failing", [False, True], ids=["ends", "raises"])
+def test_a_reader_leaves_no_transaction_open(database: Database, failing: bool) -> None:
+    """A reading unit hands its connection back with nothing open, whether it
+    ends or raises: on SQLite a snapshot left open would keep the WAL from
+    being checkpointed; on PostgreSQL a backend would sit idle in transaction."""
+    create_user(database)
+    with pytest.raises(RuntimeError) if failing else nullcontext(), database.reading() as db:
+        assert db.scalar(select(func.count()).select_from(User)) == 1
+        if failing:
+            raise RuntimeError("the reader fails")
+
+    assert database.engine.pool.checkedout() == 0
+    if database.engine.dialect.name == "sqlite":
+        path = db_module.sqlite_file(make_url(database.url))
+        other = sqlite3.connect(str(path), isolation_level=None)
+        try:
+            busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            other.close()
+        assert busy == 0
+    else:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            states = admin.execute(
+                "SELECT state FROM pg_stat_activity WHERE datname = %s",
+                (make_url(database.url).database,),
+            ).fetchall()
+        assert ("idle in transaction",) not in states
 
 
 def test_writers_are_not_refused(database: Database) -> None:
