@@ -193,15 +193,21 @@ _RECORD_BY_CLIENT_ID = select(
 ).where(Client.__table__.c.client_id == bindparam("client_id"))
 
 
+def could_be_stored(client_id: str) -> bool:
+    """False for an id no client can have: with a NUL (PostgreSQL text holds
+    none), which must not reach the database as a lookup."""
+    return "\x00" not in client_id
+
+
 def record(*, db: Session, client_id: str) -> ClientRecord | None:
-    if "\x00" in client_id:  # no stored id has one, and PostgreSQL text cannot
+    if not could_be_stored(client_id):
         return None
     row = db.execute(_RECORD_BY_CLIENT_ID, {"client_id": client_id}).first()
     return None if row is None else ClientRecord(*row)
 
 
 def get(*, db: Session, client_id: str) -> Client | None:
-    if "\x00" in client_id:  # no stored id has one, and PostgreSQL text cannot
+    if not could_be_stored(client_id):
         return None
     return db.scalar(_BY_CLIENT_ID, {"client_id": client_id})
 

@@ -15,7 +15,7 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode, UserInfo
 from sqlalchemy import bindparam, insert, or_, select, update
 
-from app import audit, keys, tokens
+from app import audit, clients, keys, tokens
 from app.clients import ClientRecord
 from app.models import AuthorizationCode, Client, Grant, Token, User
 
@@ -386,7 +386,7 @@ def find_caller_and_token(db: Any, client_id: str, secret: str, now: datetime) -
     Both lookups hit a unique index; the token is not looked up (and the
     client alone is) where :func:`find_token` would not look it up either."""
     digest = tokens.digest(secret) if len(secret) <= MAX_TOKEN_LENGTH else ""
-    if "\x00" in client_id:  # no stored id has one, and PostgreSQL text cannot
+    if not clients.could_be_stored(client_id):
         return CallerAndToken(None, None, digest)
     found = db.execute(_CALLER_AND_TOKEN, {"client_id": client_id, "digest": digest}).first()
     if found is None:
