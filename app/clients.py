@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import tokens
+from app.db import storable_text
 from app.models import Client
 
 DEFAULT_SCOPE = "read write"
@@ -193,21 +194,15 @@ _RECORD_BY_CLIENT_ID = select(
 ).where(Client.__table__.c.client_id == bindparam("client_id"))
 
 
-def could_be_stored(client_id: str) -> bool:
-    """False for an id no client can have: with a NUL (PostgreSQL text holds
-    none), which must not reach the database as a lookup."""
-    return "\x00" not in client_id
-
-
 def record(*, db: Session, client_id: str) -> ClientRecord | None:
-    if not could_be_stored(client_id):
+    if not storable_text(client_id):
         return None
     row = db.execute(_RECORD_BY_CLIENT_ID, {"client_id": client_id}).first()
     return None if row is None else ClientRecord(*row)
 
 
 def get(*, db: Session, client_id: str) -> Client | None:
-    if not could_be_stored(client_id):
+    if not storable_text(client_id):
         return None
     return db.scalar(_BY_CLIENT_ID, {"client_id": client_id})
 

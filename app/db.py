@@ -175,6 +175,12 @@ def create_db_engine(url: str, *, pool: PoolOptions | None = None, **kwargs: Any
 READ_ONLY = "baton_read_only"
 
 
+def storable_text(value: str) -> bool:
+    """False for text no row can hold: PostgreSQL's text has no NUL, so a
+    lookup by such a value would fail there rather than find nothing."""
+    return "\x00" not in value
+
+
 def sqlite_file(url: URL) -> Path | None:
     """The file of a SQLite database (None: in memory)."""
     return Path(url.database) if url.database and url.database != ":memory:" else None

@@ -8,6 +8,7 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.db import storable_text
 from app.models import User
 
 
@@ -24,7 +25,7 @@ _BY_USERNAME = select(User).where(User.username == bindparam("username"))
 
 
 def get_by_username(*, db: Session, username: str) -> User | None:
-    if "\x00" in username:  # no stored name has one, and PostgreSQL text cannot
+    if not storable_text(username):
         return None
     return db.scalar(_BY_USERNAME, {"username": username})
 

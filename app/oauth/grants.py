@@ -4,6 +4,7 @@ with PKCE (OAuth 2.1 §4.1), refresh tokens with rotation and reuse detection
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -15,8 +16,9 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode, UserInfo
 from sqlalchemy import bindparam, insert, or_, select, update
 
-from app import audit, clients, keys, tokens
+from app import audit, keys, tokens
 from app.clients import ClientRecord
+from app.db import storable_text
 from app.models import AuthorizationCode, Client, Grant, Token, User
 
 if TYPE_CHECKING:
@@ -322,10 +324,10 @@ def find_token(db: Any, secret: str, hint: str | None, now: datetime) -> IssuedT
         return None
     digest = tokens.digest(secret)
     found = db.execute(_TOKEN_BY_DIGEST, {"digest": digest}).first()
-    return None if found is None else _issued(tuple(found), digest, now)
+    return None if found is None else _issued(found, digest, now)
 
 
-def _issued(found: tuple[Any, ...], digest: str, now: datetime) -> IssuedToken | None:
+def _issued(found: Sequence[Any], digest: str, now: datetime) -> IssuedToken | None:
     """The token of a row laid out as ``_TOKEN_BY_DIGEST``'s columns (None
     when an outer join found none)."""
     if found[0] is None:
@@ -386,14 +388,14 @@ def find_caller_and_token(db: Any, client_id: str, secret: str, now: datetime) -
     Both lookups hit a unique index; the token is not looked up (and the
     client alone is) where :func:`find_token` would not look it up either."""
     digest = tokens.digest(secret) if len(secret) <= MAX_TOKEN_LENGTH else ""
-    if not clients.could_be_stored(client_id):
+    if not storable_text(client_id):
         return CallerAndToken(None, None, digest)
     found = db.execute(_CALLER_AND_TOKEN, {"client_id": client_id, "digest": digest}).first()
     if found is None:
         return CallerAndToken(None, None, digest)
     return CallerAndToken(
         ClientRecord(*found[:_CLIENT_FIELDS]),
-        _issued(tuple(found[_CLIENT_FIELDS:]), digest, now) if digest else None,
+        _issued(found[_CLIENT_FIELDS:], digest, now) if digest else None,
         digest,
     )
 
