@@ -83,15 +83,16 @@ def _under_storm(
 
 
 # What the machine does to the probe when it hashes, without Baton: argon2id
-# of the same cost in processes at SCHED_IDLE (as Baton's hashing processes),
-# outside the server, no logins. The storm cannot do better than this floor.
+# of the same cost in processes set up as Baton's hashing processes are
+# (SCHED_IDLE, one hash's memory kept from hash to hash), outside the server,
+# no logins. The storm cannot do better than this floor.
 _HASHING_ALONE = """
 import os, sys
 from argon2 import PasswordHasher
-if hasattr(os, "SCHED_IDLE"):
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-hasher = PasswordHasher(time_cost=int(sys.argv[1]), memory_cost=int(sys.argv[2]),
-                        parallelism=int(sys.argv[3]))
+from app import passwords
+time_cost, memory_cost, parallelism = (int(arg) for arg in sys.argv[1:4])
+passwords._start_hashing_process(os.getppid(), memory_cost)
+hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism)
 while True:
     hasher.hash("floor")
 """
