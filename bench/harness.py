@@ -74,12 +74,31 @@ def process_tree(root: int) -> list[int]:
 def cpu_seconds(roots: Sequence[int]) -> float:
     """User + system CPU seconds of every process in the trees of ``roots``
     (all of each process's threads; children that exited are not counted)."""
-    total = 0
+    return sum(cpu_split(roots))
+
+
+def _forked_by_fork_server(pid: int) -> bool:
+    # Children of multiprocessing's fork server keep its command line.
+    try:
+        return b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def cpu_split(roots: Sequence[int]) -> tuple[float, float]:
+    """``cpu_seconds`` in two: the processes that serve, and those that hash
+    (Baton's hashing processes and their fork server; none in a server that
+    hashes in its own threads, such as node oidc-provider)."""
+    serving = hashing = 0
     for root in roots:
         for pid in process_tree(root):
             if (fields := _stat(pid)) is not None:
-                total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total / _CLOCK_TICKS
+                ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+                if _forked_by_fork_server(pid):
+                    hashing += ticks
+                else:
+                    serving += ticks
+    return serving / _CLOCK_TICKS, hashing / _CLOCK_TICKS
 
 
 def rss_mib(pid: int) -> float:

@@ -192,6 +192,7 @@ class Outcome:
     failures: tuple[str, ...]  # a few distinct failure messages, from any time
     seconds: float  # the window's length
     server_cpu: float  # CPU seconds of the server's processes over the window
+    hashing_cpu: float  # the part of it in hashing processes (harness.cpu_split)
     loadgen_cpu: float  # CPU seconds of this load generator over the window
     steps: dict[str, list[float]]  # latencies (s) of the requests ended in the window
 
@@ -202,6 +203,10 @@ class Outcome:
     @property
     def server_cpu_ms_per_iteration(self) -> float:
         return self.server_cpu * 1000 / self.done if self.done else float("nan")
+
+    @property
+    def hashing_cpu_ms_per_iteration(self) -> float:
+        return self.hashing_cpu * 1000 / self.done if self.done else float("nan")
 
 
 def once(url: str, scenario: Scenario, params: Mapping[str, Any]) -> object:
@@ -268,13 +273,13 @@ async def _drive(load: Load) -> Outcome:
 
     users = [asyncio.create_task(user(n)) for n in range(load.concurrency)]
     await asyncio.sleep(load.warmup)
-    cpu_before, own_before = harness.cpu_seconds(load.server_pids), _own_cpu()
+    cpu_before, own_before = harness.cpu_split(load.server_pids), _own_cpu()
     started = time.perf_counter()
     measuring = True
     await asyncio.sleep(load.duration)
     measuring = False
     seconds = time.perf_counter() - started
-    cpu_after, own_after = harness.cpu_seconds(load.server_pids), _own_cpu()
+    cpu_after, own_after = harness.cpu_split(load.server_pids), _own_cpu()
     stopping = True
     _, pending = await asyncio.wait(users, timeout=REQUEST_TIMEOUT)
     for task in pending:
@@ -284,7 +289,8 @@ async def _drive(load: Load) -> Outcome:
         failed=failed,
         failures=tuple(failures),
         seconds=seconds,
-        server_cpu=cpu_after - cpu_before,
+        server_cpu=sum(cpu_after) - sum(cpu_before),
+        hashing_cpu=cpu_after[1] - cpu_before[1],
         loadgen_cpu=own_after - own_before,
         steps=steps,
     )

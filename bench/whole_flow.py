@@ -8,7 +8,11 @@ code) → the code exchange with the PKCE verifier. Virtual users run flows back
 to back from a separate process over loopback; the server CPU per flow is the
 CPU time of the server's own processes (``/proc``) over the measured window,
 divided by the flows completed in it, so the load generator's share of the
-two cores does not count.
+two cores does not count. Baton's CPU is also split between its hashing
+processes ("hashing": the argon2 checks, and what handing them over costs
+there) and the rest ("serving"); oidc-provider hashes in its own threads, so
+for it only the total is known, and the "-argon2" column subtracts one argon2
+verification measured alone.
 
     .venv/bin/python bench/whole_flow.py [--quick] [--concurrency 1,4,16]
         [--databases sqlite,postgresql] [--workers 1] [--no-oidc-provider]
@@ -225,16 +229,22 @@ def node_argon2_cpu_ms(cost: harness.Cost, rounds: int) -> float:
 def _row(label: str, conc: int, outcome: Outcome, hash_ms: float) -> str:
     steps = " | ".join(f"{harness.p50_95_99_ms(outcome.steps.get(s, [])):>16}" for s in STEPS)
     cpu = outcome.server_cpu_ms_per_iteration
+    in_hashing = outcome.hashing_cpu_ms_per_iteration
+    # oidc-provider hashes in its own threads: no hashing processes to tell apart.
+    hashing = f"{in_hashing:>8.2f} {cpu - in_hashing:>8.2f}"
+    if not outcome.hashing_cpu:
+        hashing = f"{'-':>8} {'-':>8}"
     loadgen = outcome.loadgen_cpu / outcome.seconds * 100
     return (
-        f"{label:<16} {conc:>4} {outcome.rate:>7.1f} {cpu:>8.2f} {cpu - hash_ms:>8.2f}"
+        f"{label:<16} {conc:>4} {outcome.rate:>7.1f} {cpu:>8.2f} {cpu - hash_ms:>8.2f} {hashing}"
         f" {loadgen:>7.0f}% {outcome.failed:>6}   {steps}"
     )
 
 
 HEADER = (
-    f"{'server':<16} {'conc':>4} {'flows/s':>7} {'cpu_ms':>8} {'-argon2':>8} {'loadgen':>8}"
-    f" {'failed':>6}   p50/p95/p99 ms: " + " | ".join(f"{s:>16}" for s in STEPS)
+    f"{'server':<16} {'conc':>4} {'flows/s':>7} {'cpu_ms':>8} {'-argon2':>8} {'hashing':>8}"
+    f" {'serving':>8} {'loadgen':>8} {'failed':>6}   p50/p95/p99 ms: "
+    + " | ".join(f"{s:>16}" for s in STEPS)
 )
 
 
@@ -280,6 +290,7 @@ def main() -> None:
     )
 
     cpu: dict[tuple[str, int], float] = {}
+    serving: dict[tuple[str, int], float] = {}  # outside hashing processes
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         # Every server is up for the whole run and idle but for its own rows;
@@ -315,6 +326,7 @@ def main() -> None:
                 )
                 outcome = run_load(load)
                 cpu[label, conc] = outcome.server_cpu_ms_per_iteration
+                serving[label, conc] = cpu[label, conc] - outcome.hashing_cpu_ms_per_iteration
                 report.line(_row(label, conc, outcome, hash_ms[label.split()[0]]))
                 for failure in outcome.failures:
                     report.line(f"    failure: {failure}")
@@ -335,6 +347,12 @@ def main() -> None:
                 f" ({_ratio(cpu[f'baton {kind}', conc] - hash_ms['baton'], lean)})"
                 for kind in kinds
             ]
+            report.line(f"  concurrency {conc:>2}: " + "   ".join(cells))
+        report.line("Baton's serving process alone (its CPU outside the hashing processes,")
+        report.line("measured) / oidc-provider's flow without one argon2 verification:")
+        for conc in concurrencies:
+            lean = cpu["oidc-provider", conc] - hash_ms["oidc-provider"]
+            cells = [f"{kind} {_ratio(serving[f'baton {kind}', conc], lean)}" for kind in kinds]
             report.line(f"  concurrency {conc:>2}: " + "   ".join(cells))
 
     if args.results or not args.quick:
