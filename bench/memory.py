@@ -200,6 +200,7 @@ def storm_check(
     # A few logins first, so that each worker has served the path once;
     # the baseline is read at rest afterwards.
     run_load(Load(url, login, {}, 2 * target.workers, 0.0, 1.0, (pid,)))
+    time.sleep(AT_REST)  # the hashing processes keep a hash's memory until then
     workers = token_clients.workers_of(target.server, target.workers)
     baseline = _rss(workers)
     peak = list(baseline)
