@@ -244,7 +244,7 @@ def _keep_hash_memory(memory_kib: int) -> None:
     if 2 * block > 2**31 - 1:  # mallopt takes an int
         return
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _libc()
         if libc.mallopt(_M_MMAP_THRESHOLD, block):
             libc.mallopt(_M_TRIM_THRESHOLD, 2 * block)  # glibc's own rule: twice the threshold
 
@@ -253,10 +253,15 @@ def _malloc_trim() -> Callable[[], object]:
     """glibc's ``malloc_trim(0)``: free heap memory goes back to the system.
     Elsewhere, nothing."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return functools.partial(libc.malloc_trim, 0)
+        return functools.partial(_libc().malloc_trim, 0)
     except (OSError, AttributeError):
         return lambda: None
+
+
+def _libc() -> ctypes.CDLL:
+    """The C library (raises ``OSError`` where there is none to load; a
+    function it lacks raises ``AttributeError``)."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
 @contextlib.contextmanager
