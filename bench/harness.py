@@ -101,6 +101,25 @@ def cpu_split(roots: Sequence[int]) -> tuple[float, float]:
     return serving / _CLOCK_TICKS, hashing / _CLOCK_TICKS
 
 
+def context_switches(roots: Sequence[int]) -> int:
+    """Voluntary (a thread blocked: on a socket, a lock, a queue) and forced
+    context switches of every thread of every process in the trees of ``roots``."""
+    total = 0
+    for root in roots:
+        for pid in process_tree(root):
+            try:
+                tasks = list(Path(f"/proc/{pid}/task").iterdir())
+            except OSError:
+                continue
+            for task in tasks:
+                try:
+                    lines = (task / "status").read_text().splitlines()
+                except OSError:
+                    continue
+                total += sum(int(line.split()[1]) for line in lines if "ctxt_switches" in line)
+    return total
+
+
 def rss_mib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -193,6 +193,7 @@ class Outcome:
     seconds: float  # the window's length
     server_cpu: float  # CPU seconds of the server's processes over the window
     hashing_cpu: float  # the part of it in hashing processes (harness.cpu_split)
+    server_switches: int  # context switches of the server's threads over the window
     loadgen_cpu: float  # CPU seconds of this load generator over the window
     steps: dict[str, list[float]]  # latencies (s) of the requests ended in the window
 
@@ -273,6 +274,7 @@ async def _drive(load: Load) -> Outcome:
 
     users = [asyncio.create_task(user(n)) for n in range(load.concurrency)]
     await asyncio.sleep(load.warmup)
+    switches_before = harness.context_switches(load.server_pids)
     cpu_before, own_before = harness.cpu_split(load.server_pids), _own_cpu()
     started = time.perf_counter()
     measuring = True
@@ -280,6 +282,7 @@ async def _drive(load: Load) -> Outcome:
     measuring = False
     seconds = time.perf_counter() - started
     cpu_after, own_after = harness.cpu_split(load.server_pids), _own_cpu()
+    switches_after = harness.context_switches(load.server_pids)
     stopping = True
     _, pending = await asyncio.wait(users, timeout=REQUEST_TIMEOUT)
     for task in pending:
@@ -291,6 +294,7 @@ async def _drive(load: Load) -> Outcome:
         seconds=seconds,
         server_cpu=sum(cpu_after) - sum(cpu_before),
         hashing_cpu=cpu_after[1] - cpu_before[1],
+        server_switches=switches_after - switches_before,
         loadgen_cpu=own_after - own_before,
         steps=steps,
     )

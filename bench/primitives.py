@@ -16,7 +16,12 @@ runs it) and PostgreSQL (over loopback). The operations:
   INSERT;
 - ``UPDATE a flow … RETURNING``: one conditional UPDATE (as ``flows.consume``
   and the single-use updates run) built on the mapped class, which sends it
-  through the ORM's bulk-update path, beside the same statement on the table.
+  through the ORM's bulk-update path, beside the same statement on the table;
+- ``block and wake``: ``time.sleep`` of 0.1, 1 and 19 ms — not the sleep, which
+  costs nothing, but what going idle and being woken costs the task that
+  blocked (a VM charges it more the longer the CPU was idle). Every wait for
+  a thread, a process, a socket or a lock is one; ``bench/whole_flow.py``
+  counts them per flow (context switches).
 
 A flow is 5 requests, 5 thread hops, 5 units of work and ~27 statements
 (``bench/in_process.py --statements`` counts them), so these rows bound what
@@ -77,6 +82,12 @@ def thread_hop(count: int) -> float:
 
     result: float = anyio.run(hops, backend_options={"use_uvloop": True})
     return result
+
+
+def block_and_wake(seconds: float, count: int) -> float:
+    """Microseconds of CPU per ``time.sleep(seconds)``: the cost of blocking."""
+    count = max(20, min(count, int(4 / seconds)))  # a few seconds at most
+    return cpu_per_call(lambda: time.sleep(seconds), count)
 
 
 def database_rows(url: str, count: int) -> list[tuple[str, float]]:
@@ -216,6 +227,10 @@ def main() -> None:
         f"{'thread hop: anyio.to_thread.run_sync(noop), uvloop':<56} {'-':<10} "
         f"{thread_hop(args.count):>8.1f}"
     )
+    for milliseconds in (0.1, 1, 19):
+        name = f"block and wake: time.sleep({milliseconds:g} ms)"
+        micros = block_and_wake(milliseconds / 1000, args.count)
+        report.line(f"{name:<56} {'-':<10} {micros:>8.1f}")
     with tempfile.TemporaryDirectory(prefix="baton-primitives-") as folder:
         for kind in harness.csv(args.databases):
             assert kind in ("sqlite", "postgresql"), kind

@@ -12,7 +12,10 @@ two cores does not count. Baton's CPU is also split between its hashing
 processes ("hashing": the argon2 checks, and what handing them over costs
 there) and the rest ("serving"); oidc-provider hashes in its own threads, so
 for it only the total is known, and the "-argon2" column subtracts one argon2
-verification measured alone.
+verification measured alone. "switches" counts the servers' context switches
+per flow (every thread of every process; ``/proc``): each is a thread that
+blocked and was woken, or was preempted, and each costs CPU
+(``bench/primitives.py``, "block and wake").
 
     .venv/bin/python bench/whole_flow.py [--quick] [--concurrency 1,4,16]
         [--databases sqlite,postgresql] [--workers 1] [--no-oidc-provider]
@@ -234,16 +237,17 @@ def _row(label: str, conc: int, outcome: Outcome, hash_ms: float) -> str:
     hashing = f"{in_hashing:>8.2f} {cpu - in_hashing:>8.2f}"
     if not outcome.hashing_cpu:
         hashing = f"{'-':>8} {'-':>8}"
+    switches = outcome.server_switches / outcome.done if outcome.done else float("nan")
     loadgen = outcome.loadgen_cpu / outcome.seconds * 100
     return (
         f"{label:<16} {conc:>4} {outcome.rate:>7.1f} {cpu:>8.2f} {cpu - hash_ms:>8.2f} {hashing}"
-        f" {loadgen:>7.0f}% {outcome.failed:>6}   {steps}"
+        f" {switches:>8.1f} {loadgen:>7.0f}% {outcome.failed:>6}   {steps}"
     )
 
 
 HEADER = (
     f"{'server':<16} {'conc':>4} {'flows/s':>7} {'cpu_ms':>8} {'-argon2':>8} {'hashing':>8}"
-    f" {'serving':>8} {'loadgen':>8} {'failed':>6}   p50/p95/p99 ms: "
+    f" {'serving':>8} {'switches':>8} {'loadgen':>8} {'failed':>6}   p50/p95/p99 ms: "
     + " | ".join(f"{s:>16}" for s in STEPS)
 )
 
