@@ -354,6 +354,16 @@ def test_loopback_redirect_uri_accepts_any_port(
         "http://127.0.0.1:5555/cb?x=1",
         "http://localhost:1234/cb",
         "https://127.0.0.1:1234/cb",
+        # Python's urlsplit reads host 127.0.0.1 in these; a browser may not
+        # (WHATWG URL: a backslash is a slash, so the first goes to evil.example).
+        "http://evil.example\\@127.0.0.1:8080/cb",
+        "http://127.0.0.1:8080\\@evil.example/cb",
+        "http://evil.example@127.0.0.1:8080/cb",
+        "http://127.0.0.1:8080\\cb",
+        "http://127.0.0.1:8080/cb\t",
+        "http://127.0.0.1:8080/c\u0130b",
+        "http://[::1]@127.0.0.1:8080/cb",
+        "http://[::1/cb",
     ],
 )
 def test_loopback_redirect_uri_still_compares_the_rest(

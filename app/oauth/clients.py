@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from ipaddress import ip_address
 from urllib.parse import urlsplit, urlunsplit
 
@@ -13,18 +14,30 @@ from app.clients import ClientView
 CONFIDENTIAL_AUTH_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
 
 
+# A loopback authority and nothing else: an IPv4 or bracketed IPv6 literal and
+# an optional numeric port. No userinfo, no backslash, no other character a
+# browser would read differently from Python's ``urlsplit``: for
+# ``http://evil.example\@127.0.0.1/cb`` urlsplit sees host 127.0.0.1, a
+# browser sees evil.example.
+_LOOPBACK_AUTHORITY = re.compile(r"(?P<host>[0-9.]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
 def _without_loopback_port(uri: str) -> str | None:
     """RFC 8252 §7.3 / OAuth 2.1 §8.4.2: for loopback IP redirect URIs the port
-    is chosen by the native app at run time and must not be compared."""
-    parts = urlsplit(uri)
-    if parts.scheme != "http" or parts.hostname is None:
+    is chosen by the native app at run time and must not be compared. Only the
+    port is dropped: the rest of the URI must match character for character."""
+    if not uri.isascii() or not uri.isprintable() or "\\" in uri:
         return None
     try:
-        if not ip_address(parts.hostname).is_loopback:
+        parts = urlsplit(uri)
+        authority = _LOOPBACK_AUTHORITY.fullmatch(parts.netloc)
+        if parts.scheme != "http" or authority is None:
             return None
-    except ValueError:
+        host: str = authority["host"]
+        if not ip_address(host.strip("[]")).is_loopback:
+            return None
+    except ValueError:  # "http://[::1/cb": urlsplit refuses it; so does ip_address "1.2"
         return None
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
