@@ -500,4 +500,6 @@ def test_grants_are_private_to_their_user(
         assert_documented(refused, "/api/v1/users/me/oauth2/authorizations/{grant_id}", "DELETE")
         too_long = "/api/v1/users/me/oauth2/authorizations/" + "x" * 300
         assert other.delete(too_long).status_code == 404
+        # PostgreSQL's text cannot hold NUL: a lookup by one is not a 500.
+        assert other.delete("/api/v1/users/me/oauth2/authorizations/a%00b").status_code == 404
     assert [g.revoked_at for g in grants_of(database)] == [None]

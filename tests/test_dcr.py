@@ -44,7 +44,12 @@ REDIRECT = "https://tool.example/callback"
 
 
 def register(client: TestClient, document: Any) -> httpx2.Response:
-    return client.post("/oauth2/register", json=document)
+    # Serialised here: json.dumps writes a lone surrogate as its \\u escape.
+    return client.post(
+        "/oauth2/register",
+        content=json.dumps(document),
+        headers={"Content-Type": "application/json"},
+    )
 
 
 def registered(client: TestClient, document: dict[str, Any]) -> dict[str, Any]:
@@ -373,6 +378,8 @@ BAD_REDIRECT_URIS = [
     pytest.param(["https:///callback"], id="no host"),
     pytest.param(["https://tool.example@evil.example/cb"], id="user information"),
     pytest.param(["http://[::1/cb"], id="broken IPv6 literal"),
+    pytest.param(["http://tool.example/it's\"quoted"], id="quotes (echoed in the error)"),
+    pytest.param(["http://tool.example/back\\slash"], id="backslash (echoed in the error)"),
     pytest.param(["https://tool.example/\x00"], id="NUL"),
     pytest.param(["https://tool.example/" + "x" * 2100], id="too long"),
     pytest.param([REDIRECT, "http://tool.example/callback"], id="one bad among good"),
@@ -445,6 +452,15 @@ BAD_METADATA = [
     pytest.param({"jwks": "keys"}, id="jwks a string"),
     pytest.param({"jwks": {"keys": "nope"}}, id="jwks malformed"),
     pytest.param({"jwks_uri": 5}, id="jwks_uri a number"),
+    pytest.param({"jwks": {}}, id="jwks without keys"),
+    pytest.param(
+        {"jwks": {"keys": [{"kty": "EC", "crv": "P-999", "x": "AA", "y": "AA"}]}},
+        id="jwks with an unknown curve",
+    ),
+    # JSON's \ud800 escape decodes to a lone surrogate, which nothing can store.
+    pytest.param({"contacts": ["\ud800"]}, id="contacts with a lone surrogate"),
+    pytest.param({"client_name": "Tool \udfff"}, id="client_name with a lone surrogate"),
+    pytest.param({"redirect_uris": ["https://tool.example/\ud800"]}, id="URI with a surrogate"),
     pytest.param({"software_id": {"id": 1}}, id="software_id an object"),
 ]
 

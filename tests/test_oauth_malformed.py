@@ -234,6 +234,35 @@ def test_malformed_authorization_requests_get_an_error(
     check_each(variants, send, database, redirect_uris=(app_client.redirect_uri,))
 
 
+# Values of optional parameters that each once got a 500: echoed into an error
+# description that authlib refuses, too long for the column that stores it,
+# holding NUL (PostgreSQL's text cannot) or not parseable as a URI.
+ODD_OPTIONAL_VALUES = {
+    "prompt with a quote": "prompt=%22",
+    "prompt with a backslash": "prompt=%5C",
+    "prompt non-ASCII": "prompt=caf%C3%A9",
+    "prompt NUL": "prompt=login%00",
+    "nonce of 256 characters": "nonce=" + "n" * 256,
+    "resource with NUL": "resource=https%3A%2F%2Fapi.example%2F%00",
+    "resource not a URI": "resource=https%3A%2F%2F%5B%3A%3A1%2F",
+    "flow NUL": "flow=%00",
+    "flow with a control character": "flow=a%01b",
+    "login_hint with a control character": "login_hint=a%7Fb",
+}
+
+
+def test_odd_optional_parameters_get_an_error(
+    browser: TestClient, database: Database, app_client: ClientInfo
+) -> None:
+    valid = urlencode(authorize_params(app_client, pkce()))
+    variants = {label: f"{valid}&{extra}" for label, extra in ODD_OPTIONAL_VALUES.items()}
+
+    def send(query: str) -> httpx2.Response:
+        return browser.get("/oauth2/authorize?" + query, follow_redirects=False)
+
+    check_each(variants, send, database, redirect_uris=(app_client.redirect_uri,))
+
+
 # -- the token endpoint ----------------------------------------------------------------
 
 
@@ -256,6 +285,49 @@ def test_malformed_basic_credentials_get_an_error(
     variants = {f"Basic client id {label}": client_id for label, client_id in client_ids.items()}
 
     check_each(variants, lambda client_id: exchange(client, body, (client_id, "secret")), database)
+
+    assert exchange(client, urlencode(token_form)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        pytest.param("Basic /w==", id="not UTF-8"),
+        pytest.param("Basic 6Tp4", id="not UTF-8 before the colon"),
+        pytest.param("Basic ", id="nothing after the scheme"),
+        pytest.param("basic \t", id="only whitespace after the scheme"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/oauth2/token", "/oauth2/introspect", "/oauth2/revoke"])
+def test_unreadable_basic_credentials_get_invalid_client(
+    client: TestClient,
+    database: Database,
+    token_form: dict[str, str],
+    authorization: str,
+    path: str,
+) -> None:
+    """RFC 7617 §2: base64 of UTF-8 ``id:secret``; what is not is refused as
+    invalid_client (RFC 6749 §5.2), not a 500."""
+    before = rows(database)
+
+    response = client.post(
+        path, content=urlencode(token_form), headers={**FORM, "Authorization": authorization}
+    )
+
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "invalid_client"
+    assert response.headers["www-authenticate"] == "Basic"
+    assert rows(database) == before
+    assert exchange(client, urlencode(token_form)).status_code == 200
+
+
+def test_a_resource_that_is_not_a_uri_gets_invalid_target(
+    client: TestClient, database: Database, token_form: dict[str, str]
+) -> None:
+    for resource in ("https://[::1/", "https://api.example/\x00"):
+        response = exchange(client, urlencode({**token_form, "resource": resource}))
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "invalid_target"
 
     assert exchange(client, urlencode(token_form)).status_code == 200
 

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from app import audit, authorizations, bindings, flows, problems, sessions
 from app.api.common import NO_STORE, flow_document, redirection_token_parameter, services_of
 from app.api.schemas import ConsentDecision, parse
+from app.db import storable_text
 from app.login import RETRY_GRACE
 from app.models import PendingFlow, User
 from app.services import Services
@@ -218,6 +219,7 @@ async def revoke_authorization(request: Request) -> Response:
             user = _signed_in(services, db, caller)
             revoked = (
                 len(grant_id) <= 32
+                and storable_text(grant_id)
                 and authorizations.revoke(db=db, now=now, grant_id=grant_id, user_id=user.id) > 0
             )
             if not revoked:

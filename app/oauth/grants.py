@@ -59,12 +59,17 @@ def validate_resource(value: str | None, *, redirect_uri: str | None = None) -> 
     """RFC 8707 §2: an absolute URI without a fragment."""
     if value is None:
         return None
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # "https://[::1/": not a URI at all
+        parts = None
     if (
-        len(value) > MAX_RESOURCE
+        parts is None
+        or len(value) > MAX_RESOURCE
         or parts.scheme not in {"https", "http"}
         or not parts.netloc
         or "#" in value
+        or not value.isprintable()
     ):
         raise InvalidTargetError(
             "'resource' must be an absolute http(s) URI without a fragment.",

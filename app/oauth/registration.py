@@ -15,6 +15,7 @@ from authlib.oauth2.rfc7591 import (
     InvalidRedirectURIError,
 )
 from authlib.oauth2.rfc7591.errors import InvalidClientMetadataError
+from joserfc.errors import InvalidClaimError
 
 from app import audit, clients
 from app.oauth.discovery import metadata
@@ -42,6 +43,7 @@ _STRING_LISTS = ("grant_types", "response_types", "contacts")
 # Control characters have no place in metadata; NUL cannot even be stored in
 # PostgreSQL text.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNDESCRIBABLE = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
 
 
 class _ClientMetadataClaims(ClientMetadataClaims):
@@ -50,6 +52,20 @@ class _ClientMetadataClaims(ClientMetadataClaims):
         # authlib's wants a host, which the private-use scheme of a native
         # app (``com.example.app:/callback``, RFC 8252 §7.1) has not.
         return None
+
+    def validate_jwks(self) -> None:
+        # joserfc answers some malformed key sets ({}, an unknown curve) with
+        # KeyError or TypeError instead of an error of its own.
+        try:
+            super().validate_jwks()
+        except (KeyError, TypeError, AttributeError) as error:
+            raise InvalidClaimError("jwks") from error
+
+
+def _describable(text: str) -> str:
+    """``text`` within the characters an error description may hold (RFC 6749
+    §5.2: visible ASCII but '"' and '\\'), which an echoed URI may not be."""
+    return _UNDESCRIBABLE.sub("?", text)
 
 
 def _check_redirect_uris(uris: Any) -> list[str]:
@@ -71,7 +87,7 @@ def _check_redirect_uris(uris: Any) -> list[str]:
                 # "https://app.example@evil.example/" names evil.example.
                 raise clients.InvalidClientMetadata(f"redirect URI {uri!r} has user information")
         except ValueError as error:  # InvalidClientMetadata, or urlsplit's own
-            raise InvalidRedirectURIError(str(error)) from None
+            raise InvalidRedirectURIError(_describable(str(error))) from None
     return uris
 
 

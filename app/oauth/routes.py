@@ -3,6 +3,8 @@ in the threadpool (it is synchronous and touches SQL), write back its answer."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import html
 import json
 import re
@@ -77,6 +79,24 @@ def _error_page(response: OAuthResponse) -> Response:
     return HTMLResponse(page, status_code=response.status, headers={"Cache-Control": "no-store"})
 
 
+def _bad_metadata(description: str) -> Response:
+    return JSONResponse(
+        {"error": "invalid_client_metadata", "error_description": description},
+        status_code=400,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _encodable(data: object) -> bool:
+    """JSON's ``\\ud800`` escapes decode to lone surrogates, which no text
+    column or response can hold: such a body is refused before it is stored."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _INVALID_ENCODING = {
     "error": "invalid_request",
@@ -117,6 +137,36 @@ _NOT_A_FORM = JSONResponse(
 )
 
 
+_UNREADABLE_BASIC = JSONResponse(
+    {
+        "error": "invalid_client",
+        "error_description": "The Basic credentials are not base64 of UTF-8 'id:secret'.",
+    },
+    status_code=401,
+    headers={"Cache-Control": "no-store", "Pragma": "no-cache", "WWW-Authenticate": "Basic"},
+)
+
+
+def _unreadable_basic(authorization: str | None) -> bool:
+    """An ``Authorization: Basic`` header that authlib would fail on (RFC 7617
+    §2: base64 of UTF-8 ``id:secret``) rather than refuse: nothing after the
+    scheme, or bytes that are not UTF-8. Other schemes are authlib's to judge."""
+    if authorization is None or " " not in authorization:
+        return False
+    scheme, *credentials = authorization.split(None, 1)
+    if scheme.lower() != "basic":
+        return False
+    if not credentials:
+        return True
+    try:
+        base64.b64decode(credentials[0]).decode("utf-8")
+    except binascii.Error:
+        return False  # authlib ignores what is not base64: then no credentials
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
 async def _form_endpoint(
     request: Request, handler: Callable[[Services], Callable[[BatonOAuth2Request], OAuthResponse]]
 ) -> Response:
@@ -125,6 +175,8 @@ async def _form_endpoint(
     form = _parse_form(request.headers.get("content-type", ""), await request.body())
     if form is None:
         return _NOT_A_FORM
+    if _unreadable_basic(request.headers.get("authorization")):
+        return _UNREADABLE_BASIC
     oauth_request = _oauth_request(request, services, form)
     response = await to_thread.run_sync(handler(services), oauth_request)
     return _to_http(response, request)
@@ -160,13 +212,10 @@ async def register(request: Request) -> Response:
     except (ValueError, RecursionError):
         data = None
     if not isinstance(data, dict) or not data:
-        return JSONResponse(
-            {
-                "error": "invalid_client_metadata",
-                "error_description": "The body must be a JSON object of client metadata.",
-            },
-            status_code=400,
-            headers={"Cache-Control": "no-store"},
+        return _bad_metadata("The body must be a JSON object of client metadata.")
+    if not _encodable(data):
+        return _bad_metadata(
+            "The client metadata holds text that is not Unicode (a lone surrogate)."
         )
     json_request = BatonJsonRequest(
         "POST",

@@ -483,26 +483,36 @@ class BatonAuthorizationServer(AuthorizationServer):
                 return response
         except _Abort as abort:
             return abort.response
+        except OAuth2Error as error:  # _guard's: a description authlib refused
+            return _response(self.handle_error_response(request, error))
 
 
 MAX_PARAMETER_LENGTH = 2048
+# Where a value is stored in a narrower column (``authorization_codes.nonce``).
+_MAX_LENGTHS = {"nonce": 255}
 _VSCHARS = re.compile(r"[\x20-\x7e]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _refuse_parameters(request: OAuth2Request) -> str | None:
     """RFC 6749 §3.1: no parameter twice. Appendix A.5 / OpenID Connect: state
     and nonce are visible ASCII, which the client must get back exactly, so
     anything else (invalid UTF-8, control characters) is refused, not mangled.
-    Values are bounded, since they are stored with the flow."""
+    No parameter carries a control character (PostgreSQL's text cannot even
+    hold NUL). Values are bounded, since they are stored with the flow."""
     datalist = request.payload.datalist
     for name in RESUMABLE_PARAMETERS:
         values = datalist.get(name, [])
         if len(values) > 1:
             return f"Parameter '{name}' is repeated."
-        if values and len(values[0]) > MAX_PARAMETER_LENGTH:
+        if not values:
+            continue
+        if len(values[0]) > _MAX_LENGTHS.get(name, MAX_PARAMETER_LENGTH):
             return f"Parameter '{name}' is too long."
-        if values and name in {"state", "nonce"} and not _VSCHARS.fullmatch(values[0]):
+        if name in {"state", "nonce"} and not _VSCHARS.fullmatch(values[0]):
             return f"Parameter '{name}' must be visible ASCII characters."
+        if _CONTROL.search(values[0]):
+            return f"Parameter '{name}' contains control characters."
     return None
 
 
@@ -537,9 +547,11 @@ PROMPTS = frozenset({"none", "login", "consent", "select_account"})
 def _interaction(params: Mapping[str, str], redirect_uri: str) -> _Interaction:
     prompts = frozenset(params.get("prompt", "").split())
     if prompts - PROMPTS:
-        unknown = sorted(prompts - PROMPTS)[0]
+        # The value is not echoed: an error description allows only some
+        # visible ASCII (RFC 6749 §5.2), and the supported ones say enough.
         raise InvalidRequestError(
-            f"Unsupported 'prompt' value {unknown!r}.", redirect_uri=redirect_uri
+            f"Unsupported 'prompt' value; supported: {', '.join(sorted(PROMPTS))}.",
+            redirect_uri=redirect_uri,
         )
     if "none" in prompts and len(prompts) > 1:
         raise InvalidRequestError(
