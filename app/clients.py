@@ -12,7 +12,7 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import tokens
+from app import tokens, users
 from app.db import storable_text
 from app.models import Client
 
@@ -38,7 +38,12 @@ class Registered:
 def validate_redirect_uri(uri: str) -> str:
     """RFC 6749 §3.1.2: absolute, no fragment. OAuth 2.1 adds: https, or http on
     loopback (RFC 8252 §7.3), or a private-use scheme of a native app (§7.1)."""
-    parts = urlsplit(uri)
+    if not users.printable(uri):
+        raise InvalidClientMetadata(f"redirect URI {uri!r} contains control characters")
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # "https://[::1/cb", or a host that NFKC turns into "app#.example"
+        raise InvalidClientMetadata(f"redirect URI {uri!r} is not a valid URI") from None
     if not parts.scheme:
         raise InvalidClientMetadata(f"redirect URI {uri!r} is not absolute")
     if parts.fragment or "#" in uri:
@@ -81,6 +86,8 @@ def _clean_name(name: str) -> str:
         raise InvalidClientMetadata("the client name must not be empty")
     if len(name) > MAX_NAME:
         raise InvalidClientMetadata(f"the client name must be at most {MAX_NAME} characters")
+    if not users.printable(name):
+        raise InvalidClientMetadata("the client name must not contain control characters")
     return name
 
 
@@ -103,6 +110,8 @@ def _clean_scope(scope: str) -> str:
         raise InvalidClientMetadata("at least one scope is required")
     if len(scopes) > MAX_SCOPE:
         raise InvalidClientMetadata(f"the scope must be at most {MAX_SCOPE} characters")
+    if not users.printable(scopes):
+        raise InvalidClientMetadata("the scope must not contain control characters")
     return scopes
 
 

@@ -21,7 +21,12 @@ from app.throttle import Policy
 DEFAULT_DATABASE_URL = "sqlite:///./var/baton.db"
 
 _DURATION = re.compile(r"(?P<value>\d+)(?P<unit>ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_MILLISECONDS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+# Longer than anything Baton should wait or keep: past it, a time that far from
+# now may be no date at all (a 9999999d session would end after year 9999).
+MAX_DURATION = timedelta(days=36500)
+_MAX_MILLISECONDS = MAX_DURATION // timedelta(milliseconds=1)
+_MAX_DIGITS = len(str(_MAX_MILLISECONDS))
 
 
 class SettingsError(ValueError):
@@ -29,17 +34,25 @@ class SettingsError(ValueError):
 
 
 def parse_duration(text: str) -> timedelta:
-    """Parse ``90s``, ``10m``, ``24h``, ``1h30m`` or ``7d`` into a timedelta."""
+    """Parse ``90s``, ``10m``, ``24h``, ``1h30m`` or ``7d`` (at most 36500d) into a timedelta."""
     text = text.strip().lower()
-    position, seconds = 0, 0.0
+    position, parts = 0, []
     for match in _DURATION.finditer(text):
         if match.start() != position:
             break
-        seconds += int(match["value"]) * _UNITS[match["unit"]]
+        parts.append((match["value"].lstrip("0") or "0", match["unit"]))
         position = match.end()
     if not text or position != len(text):
         raise ValueError(f"expected a duration such as 90s, 10m, 24h or 1h30m, got {text!r}")
-    return timedelta(seconds=seconds)
+    # More digits than the maximum has milliseconds is over it in any unit;
+    # such a number is not given to int(), which refuses over 4300 digits.
+    milliseconds = sum(
+        int(digits) * _MILLISECONDS[unit] if len(digits) <= _MAX_DIGITS else _MAX_MILLISECONDS + 1
+        for digits, unit in parts
+    )
+    if milliseconds > _MAX_MILLISECONDS:
+        raise ValueError(f"expected a duration of at most 36500d (100 years), got {text!r}")
+    return timedelta(milliseconds=milliseconds)
 
 
 def format_duration(value: timedelta) -> str:
@@ -319,6 +332,18 @@ def _duration_or_off(text: str) -> timedelta | None:
     return _positive_duration(text)
 
 
+# PostgreSQL's statement_timeout is at most 2**31 - 1 milliseconds (24.8 days);
+# a longer one would make it refuse every connection.
+_MAX_STATEMENT_TIMEOUT = timedelta(days=24)
+
+
+def _statement_timeout(text: str) -> timedelta | None:
+    value = _duration_or_off(text)
+    if value is not None and value > _MAX_STATEMENT_TIMEOUT:
+        raise ValueError(f"expected at most 24d (PostgreSQL's limit) or off, got {text!r}")
+    return value
+
+
 def _log_level(text: str) -> str:
     level = text.strip().lower()
     if level not in {"critical", "error", "warning", "info", "debug"}:
@@ -379,7 +404,7 @@ _PARSERS = {
     "db_pool_size": _positive_int,
     "db_max_overflow": _non_negative_int,
     "db_pool_timeout": _positive_duration,
-    "db_statement_timeout": _duration_or_off,
+    "db_statement_timeout": _statement_timeout,
     "shutdown_grace": _positive_duration,
     "consent_url": _login_url,
     "grant_lifetime": _positive_duration,

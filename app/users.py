@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 
 from sqlalchemy import bindparam, delete, select, update
@@ -10,6 +11,23 @@ from sqlalchemy.orm import Session
 
 from app.db import storable_text
 from app.models import User
+
+MAX_USERNAME = 255
+
+# Characters that change how a line reads instead of adding to it: controls (a
+# newline forges a line of `baton users list`), format characters (a bidi
+# override reverses text, a zero-width one hides), line and paragraph
+# separators, and lone surrogates (bytes that were not UTF-8; no database stores them).
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def printable(text: str) -> bool:
+    """True for text that prints as it reads; unlike ``str.isprintable``, any space is fine."""
+    return not any(unicodedata.category(character) in _UNPRINTABLE for character in text)
+
+
+class InvalidUsername(ValueError):
+    pass
 
 
 class UserExists(Exception):
@@ -34,9 +52,19 @@ def get(*, db: Session, user_id: int) -> User | None:
     return db.get(User, user_id)
 
 
+def check_username(username: str) -> str:
+    """What ``POST /api/v1/login`` accepts (1 to 255 characters), printable and
+    not blank: a login with another name finds no user."""
+    if not username.strip() or len(username) > MAX_USERNAME:
+        raise InvalidUsername(f"the user name must be 1 to {MAX_USERNAME} characters")
+    if not printable(username):
+        raise InvalidUsername("the user name must not contain control characters")
+    return username
+
+
 def create(*, db: Session, username: str, password_hash: str, now: datetime) -> User:
     user = User(
-        username=username,
+        username=check_username(username),
         password_hash=password_hash,
         disabled=False,
         created_at=now,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -11,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
+import click
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import select
 
 from app import clients, users
 from app.cli import main
+from app.cli._base import read_password
 from app.db import Database, utcnow
 from app.models import Client
 from app.oauth.clients import OAuthClient
@@ -36,7 +39,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def baton(
-    url: str | None, *args: str, stdin: str | None = None, exit_code: int | set[int] = 0
+    url: str | None, *args: str, stdin: str | bytes | None = None, exit_code: int | set[int] = 0
 ) -> Result:
     """Run ``baton [--database-url URL] ARGS`` and check how it exited.
 
@@ -214,6 +217,36 @@ def test_users_add_refuses_a_bad_name(database_url: str, name: str) -> None:
     assert list_json(database_url, "users") == []
 
 
+UNPRINTABLE_NAMES = {
+    "newline": "bob\nx",
+    "carriage return": "bob\rx",
+    "escape": "\x1b[31mred",
+    "tab": "tab\there",
+    "NUL": "nul\x00",
+    "C1 NEL": "c1\x85",
+    "bidi override": "\u202eevil",
+    "zero width": "zero\u200bwidth",
+    "line separator": "line\u2028x",
+}
+
+
+@pytest.mark.parametrize("name", UNPRINTABLE_NAMES.values(), ids=UNPRINTABLE_NAMES.keys())
+def test_users_add_refuses_control_characters(database_url: str, name: str) -> None:
+    # "bob\nx" printed as two lines of `users list`; the login API has no such user to find.
+    result = baton(
+        database_url, "users", "add", name, "--password-stdin", stdin=PASSWORD + "\n", exit_code=1
+    )
+    assert error_of(result) == "Error: the user name must not contain control characters"
+    assert list_json(database_url, "users") == []
+
+
+def test_users_add_takes_any_printable_name(database_url: str) -> None:
+    for name in ["Zoë Ünal", "李 小龍", "o'brien@example.com", "\u00a0nbsp"]:
+        add_user(database_url, name)
+    names = [row["username"] for row in list_json(database_url, "users")]
+    assert sorted(names) == sorted(["Zoë Ünal", "李 小龍", "o'brien@example.com", "\u00a0nbsp"])
+
+
 def test_users_list_json(database_url: str, database: Database) -> None:
     add_user(database_url, "bob")
     add_user(database_url, "alice")
@@ -356,6 +389,13 @@ def test_bootstrap_does_nothing_when_a_user_exists(database_url: str) -> None:
     assert [row["username"] for row in list_json(database_url, "users")] == ["alice"]
 
 
+@pytest.mark.parametrize("username", ["", "admin\nroot"], ids=["empty", "newline"])
+def test_bootstrap_refuses_a_bad_username(database_url: str, username: str) -> None:
+    result = baton(database_url, "bootstrap", "--username", username, exit_code=1)
+    assert error_of(result).startswith("Error: the user name must ")
+    assert list_json(database_url, "users") == []
+
+
 def test_bootstrap_passwords_differ(tmp_path: Path) -> None:
     passwords = set()
     for n in range(2):
@@ -452,9 +492,16 @@ def test_clients_add_several_redirect_uris(database_url: str) -> None:
         "/callback",
         "app.example/callback",
         "javascript:alert(1)",
+        "https://[::1/cb",
+        "https://app.example/\x01",
+        "https://app.example/cb\nhttps://evil.example/cb",
+        "https://app.example/\u202ebc",
     ],
-    ids=["http non-loopback", "fragment", "relative path", "no scheme", "javascript"],
-)
+    ids=[
+        "http non-loopback", "fragment", "relative path", "no scheme", "javascript",
+        "unclosed IPv6 literal", "control character", "newline", "bidi override",
+    ],
+)  # fmt: skip
 def test_clients_add_refuses_an_invalid_redirect_uri(database_url: str, uri: str) -> None:
     result = baton(
         database_url,
@@ -464,6 +511,28 @@ def test_clients_add_refuses_an_invalid_redirect_uri(database_url: str, uri: str
         exit_code=1,
     )  # fmt: skip
     assert error_of(result).startswith(f"Error: redirect URI {uri!r} ")
+    assert list_json(database_url, "clients") == []
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--name", "App\nclient_secret: forged", "the client name must not"),
+        ("--name", "\u202eppA", "the client name must not"),
+        ("--scope", "read \x01admin", "the scope must not"),
+    ],
+    ids=["newline in name", "bidi override in name", "control character in scope"],
+)
+def test_clients_add_refuses_control_characters(
+    database_url: str, option: str, value: str, message: str
+) -> None:
+    result = baton(
+        database_url,
+        "clients", "add", "--name", "App", "--public",
+        "--redirect-uri", "https://app.example/cb", option, value,
+        exit_code=1,
+    )  # fmt: skip
+    assert error_of(result) == f"Error: {message} contain control characters"
     assert list_json(database_url, "clients") == []
 
 
@@ -663,6 +732,21 @@ def test_a_bad_setting_is_named(
 
 
 @pytest.mark.parametrize(
+    "variable",
+    ["FLOW_TTL", "CODE_TTL", "HASH_WAIT", "DB_POOL_TIMEOUT", "PURGE_INTERVAL", "SESSION_DURATION"],
+)
+@pytest.mark.parametrize("value", ["99999999999d", "9999999d"], ids=["overflow", "past 9999"])
+def test_a_duration_setting_over_100_years_is_named(
+    monkeypatch: pytest.MonkeyPatch, database_url: str, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(f"BATON_{variable}", value)
+    result = baton(database_url, "flows", "list", exit_code=1)
+    assert error_of(result) == (
+        f"Error: BATON_{variable}: expected a duration of at most 36500d (100 years), got {value!r}"
+    )
+
+
+@pytest.mark.parametrize(
     "url", ["mysql://root@127.0.0.1/baton", "not a url"], ids=["mysql", "garbage"]
 )
 def test_an_unusable_database_url(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
@@ -691,3 +775,62 @@ def test_the_database_url_comes_from_the_environment(
     monkeypatch.setenv("BATON_DATABASE_URL", database_url)
     baton(None, "users", "add", "alice", "--password-stdin", stdin=PASSWORD + "\n")
     assert [row["username"] for row in list_json(database_url, "users")] == ["alice"]
+
+
+# -- input that is not UTF-8 ------------------------------------------------------
+
+# How Python hands over the argument $'\xff' (PEP 383: a byte that is not UTF-8
+# becomes a lone surrogate), which no database can store.
+NOT_UTF8 = b"\xff".decode("utf-8", "surrogateescape")
+CALLBACK = "https://app.example/cb"
+
+
+@pytest.mark.parametrize(
+    ("command", "stdin"),
+    [
+        (["users", "add", NOT_UTF8, "--password-stdin"], PASSWORD + "\n"),
+        (["users", "show", NOT_UTF8], None),
+        (["users", "disable", NOT_UTF8], None),
+        (["users", "sessions", NOT_UTF8], None),
+        (["clients", "add", "--name", NOT_UTF8, "--redirect-uri", CALLBACK], None),
+        (
+            ["clients", "add", "--name", "App", "--redirect-uri", CALLBACK, "--scope", NOT_UTF8],
+            None,
+        ),
+        (["clients", "add", "--name", "App", "--redirect-uri", CALLBACK + NOT_UTF8], None),
+        (["clients", "show", NOT_UTF8], None),
+        (["clients", "remove", NOT_UTF8], None),
+        (["flows", "list", "--client", NOT_UTF8], None),
+        (["flows", "list", "--user", NOT_UTF8], None),
+        (["flows", "show", NOT_UTF8], None),
+        (["flows", "revoke", NOT_UTF8], None),
+        (["flows", "show", "caf\u00e9" + NOT_UTF8], None),
+    ],
+    ids=lambda value: " ".join(value).replace(NOT_UTF8, "\\xff") if isinstance(value, list) else "",
+)
+def test_arguments_that_are_not_utf8_are_refused(
+    database_url: str, command: list[str], stdin: str | None
+) -> None:
+    result = baton(database_url, *command, stdin=stdin, exit_code=1)
+    assert re.fullmatch(r"Error: arguments must be valid UTF-8, not '.*\\xff'", error_of(result))
+    assert result.stdout == ""
+    assert list_json(database_url, "users") == list_json(database_url, "clients") == []
+
+
+def test_a_password_that_is_not_utf8_is_refused(database_url: str) -> None:
+    # printf '\xff\n' | baton users add alice --password-stdin
+    result = baton(
+        database_url, "users", "add", "alice", "--password-stdin", stdin=b"\xff\n", exit_code=1
+    )
+    assert error_of(result) == "Error: the password must be valid UTF-8"
+    assert list_json(database_url, "users") == []
+
+
+def test_a_password_read_with_surrogateescape_that_is_not_utf8_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Python reads stdin so in the C and POSIX locales: the \xff arrives as a surrogate.
+    stdin = io.TextIOWrapper(io.BytesIO(b"\xff\n"), encoding="utf-8", errors="surrogateescape")
+    monkeypatch.setattr("sys.stdin", stdin)
+    with pytest.raises(click.ClickException, match=r"^the password must be valid UTF-8$"):
+        read_password(password_stdin=True)

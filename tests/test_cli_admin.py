@@ -386,6 +386,11 @@ def test_flows_list_filters(
         ["--status", "finished"],
         ["--limit", "0"],
         ["--limit", "lots"],
+        # Past what a date can be: an OverflowError, not a usage error, before.
+        ["--since", "99999999d"],
+        ["--since", "9999999999999999999s"],
+        ["--since", "0001-01-01T00:00:00+01:00"],
+        ["--since", "9999-12-31T23:59:59-01:00"],
     ],
     ids=" ".join,
 )
@@ -762,7 +767,13 @@ def test_flows_purge_in_batches_of_one_deletes_all(
 
 @pytest.mark.parametrize(
     "arguments",
-    [["--older-than", "x"], ["--older-than", "-1h"], ["--batch-size", "0"]],
+    [
+        ["--older-than", "x"],
+        ["--older-than", "-1h"],
+        ["--older-than", "99999999999d"],
+        ["--older-than", "36501d"],
+        ["--batch-size", "0"],
+    ],
     ids=" ".join,
 )
 def test_flows_purge_bad_usage(
@@ -865,9 +876,17 @@ def test_flows_stats_of_an_empty_database(database_url: str) -> None:
     assert lines[-1] == "(none)"
 
 
-def test_flows_stats_bad_window(database_url: str) -> None:
-    result = baton(database_url, "flows", "stats", "--window", "soon", exit_code=2)
+@pytest.mark.parametrize("window", ["soon", "99999999999d", "36501d"])
+def test_flows_stats_bad_window(database_url: str, window: str) -> None:
+    result = baton(database_url, "flows", "stats", "--window", window, exit_code=2)
     assert "--window" in result.stderr
+
+
+def test_flows_durations_go_up_to_100_years(database_url: str, scenario: Scenario) -> None:
+    assert len(flows_json(database_url, "--since", "36500d")) == 6
+    assert stats_json(database_url, "--window", "36500d")["window_seconds"] == 36500 * 86400
+    dry_run = baton(database_url, "flows", "purge", "--older-than", "36500d", "--dry-run")
+    assert dry_run.stdout == "would purge 0 flow(s) that ended more than 36500d ago\n"
 
 
 # -- users: sessions --------------------------------------------------------------
@@ -1207,6 +1226,11 @@ INVALID_CONFIGS: list[tuple[str, str, str]] = [
     ),
     ("entry without username", "auth:\n  users:\n  - password: HASH\n", "auth.users[0]"),
     (
+        "control character in username",
+        'auth:\n  users:\n  - username: "bob\\nroot"\n    password: HASH\n',
+        "auth.users[0]: the user name must not contain control characters",
+    ),
+    (
         "truncated bcrypt hash",
         "auth:\n  users:\n  - username: bob\n    password: $2a$12$XQW..XQrtZX\n",
         "auth.users[0] (bob): the password must be a bcrypt or argon2id hash",
@@ -1352,6 +1376,35 @@ def test_clients_update_refuses_an_invalid_redirect_uri(database_url: str) -> No
         exit_code=1,
     )  # fmt: skip
     assert error_of(result).startswith("Error: redirect URI 'http://evil.example/cb' ")
+    assert client_show_json(database_url, added["client_id"]) == before
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        (
+            "--redirect-uri",
+            "https://[::1/",
+            "Error: redirect URI 'https://[::1/' is not a valid URI",
+        ),
+        (
+            "--redirect-uri",
+            "https://app.example/\x01",
+            "Error: redirect URI 'https://app.example/\\x01' contains control characters",
+        ),
+        ("--name", "Renamed\nx", "Error: the client name must not contain control characters"),
+    ],
+    ids=["unclosed IPv6 literal", "control character in redirect URI", "newline in name"],
+)
+def test_clients_update_refuses_a_bad_value(
+    database_url: str, option: str, value: str, message: str
+) -> None:
+    added = confidential_client(database_url)
+    before = client_show_json(database_url, added["client_id"])
+    result = baton(
+        database_url, "clients", "update", added["client_id"], option, value, exit_code=1
+    )
+    assert error_of(result) == message
     assert client_show_json(database_url, added["client_id"]) == before
 
 

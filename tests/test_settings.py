@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from datetime import timedelta
 
 import pytest
@@ -101,6 +102,33 @@ def test_durations_print_back() -> None:
         assert format_duration(parse_duration(text)) == text
 
 
+def test_durations_go_up_to_100_years() -> None:
+    assert parse_duration("36500d") == timedelta(days=36500)
+    assert parse_duration("000000000000000000036500d") == timedelta(days=36500)
+    assert parse_duration("36499d23h59m59s999ms") == timedelta(days=36500, milliseconds=-1)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["36501d", "36500d1ms", "99999999999d", "9999999999999999999s", "9" * 5000 + "ms"],
+    ids=["36501d", "36500d1ms", "past datetime", "past C int", "past int()'s digits"],
+)
+def test_durations_over_100_years_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"^expected a duration of at most 36500d \(100 years\)"):
+        parse_duration(text)
+
+
+DURATIONS = [f"BATON_{f.name.upper()}" for f in fields(Settings) if "timedelta" in str(f.type)]
+
+
+@pytest.mark.parametrize("variable", DURATIONS)
+@pytest.mark.parametrize("value", ["99999999999d", "9999999d"], ids=["overflow", "past 9999"])
+def test_a_duration_over_100_years_names_its_variable(variable: str, value: str) -> None:
+    # 9999999d parsed, and a session of it ended past year 9999: every login failed with a 500.
+    with pytest.raises(SettingsError, match=f"^{variable}: expected a duration of at most 36500d"):
+        Settings.from_env({variable: value})
+
+
 # -- tuning: password hashing, the database pool, shutdown ------------------------
 
 
@@ -165,6 +193,14 @@ def test_argon2_memory_is_kibibytes_or_a_size(text: str, kibibytes: int) -> None
 @pytest.mark.parametrize("text", ["off", "OFF", "0"])
 def test_the_statement_timeout_can_be_off(text: str) -> None:
     assert Settings.from_env({"BATON_DB_STATEMENT_TIMEOUT": text}).db_statement_timeout is None
+
+
+def test_the_statement_timeout_is_at_most_postgresql_s_limit() -> None:
+    # PostgreSQL refuses a connection whose statement_timeout is over 2**31 - 1 ms (24.8 days).
+    settings = Settings.from_env({"BATON_DB_STATEMENT_TIMEOUT": "24d"})
+    assert settings.db_statement_timeout == timedelta(days=24)
+    with pytest.raises(SettingsError, match=r"^BATON_DB_STATEMENT_TIMEOUT: expected at most 24d"):
+        Settings.from_env({"BATON_DB_STATEMENT_TIMEOUT": "25d"})
 
 
 @pytest.mark.parametrize(

@@ -101,7 +101,36 @@ def audit_admin(db: Session, event: str, **fields: Any) -> None:
     audit.record(db=db, event=event, now=utcnow(), actor="cli", **fields)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
+def _is_utf8(text: str) -> bool:
+    """False for text Python decoded from bytes that are not UTF-8 (as lone
+    surrogates, PEP 383): no database stores it, no UTF-8 stream writes it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(text: str) -> str:
+    """``'\\xff'`` for the byte 0xff that was not UTF-8."""
+    try:
+        return repr(text.encode("utf-8", "surrogateescape"))[1:]
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        return repr(text)
+
+
+class _Utf8Group(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Checked once here, for every command: names, ids and values alike.
+        for arg in args:
+            if not _is_utf8(arg):
+                raise click.ClickException(f"arguments must be valid UTF-8, not {_escaped(arg)}")
+        return super().parse_args(ctx, args)
+
+
+@click.group(
+    cls=_Utf8Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES
+)
 @click.option(
     "--database-url", metavar="URL", help="Use this database instead of BATON_DATABASE_URL."
 )
@@ -200,14 +229,37 @@ def as_since(ctx: click.Context, param: click.Parameter, value: str | None) -> d
         raise click.BadParameter(
             f"expected a duration such as 1h or an ISO time, got {value!r}"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise click.BadParameter(f"{value!r} is out of range in UTC") from None
+
+
+def check_username(name: str, where: str = "") -> None:
+    """Refuse a user name before a password is asked for and hashed."""
+    from app import users
+
+    try:
+        users.check_username(name)
+    except users.InvalidUsername as error:
+        raise click.ClickException(f"{where}{error}") from None
+
+
+_NOT_UTF8 = "the password must be valid UTF-8"
 
 
 def read_password(password_stdin: bool) -> str:
     if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
+        try:
+            password = sys.stdin.readline().rstrip("\r\n")
+        except UnicodeDecodeError:  # stdin decoded strictly, not with surrogateescape
+            raise click.ClickException(_NOT_UTF8) from None
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not _is_utf8(password):
+        raise click.ClickException(_NOT_UTF8)
     if not password:
         raise click.ClickException("the password must not be empty")
     if len(password) > 1024:
@@ -334,6 +386,7 @@ def bootstrap(ctx: Context, username: str) -> None:
     from app import users
     from app.passwords import hash_password
 
+    check_username(username)
     password = secrets.token_urlsafe(12)
     with ctx.transaction() as db:
         if users.any_exist(db=db):

@@ -13,6 +13,7 @@ from app.cli._base import (
     Context,
     as_json_option,
     audit_admin,
+    check_username,
     coloured,
     echo_json,
     human,
@@ -45,11 +46,6 @@ def _document(user: User, live_sessions: int | None = None) -> dict[str, Any]:
     return document
 
 
-def _check_name(name: str) -> None:
-    if not name.strip() or len(name) > 255:
-        raise click.ClickException("the user name must be 1 to 255 characters")
-
-
 @main.group("users")
 def users_group() -> None:
     """Manage the people who sign in."""
@@ -66,7 +62,7 @@ def users_add(ctx: Context, name: str, password_stdin: bool) -> None:
     Example:
       printf '%s\\n' "$PASSWORD" | baton users add alice --password-stdin
     """
-    _check_name(name)
+    check_username(name)
     ctx.check_database()
     password_hash = hash_password(read_password(password_stdin), ctx.settings.argon2_cost)
     with ctx.transaction() as db:
@@ -294,8 +290,9 @@ def _read_lenses_users(file: Path) -> list[tuple[str, str]]:
         if not isinstance(entry, dict):
             raise click.ClickException(f"{where}: expected username and password")
         username, password_hash = entry.get("username"), entry.get("password")
-        if not isinstance(username, str) or not username.strip() or len(username) > 255:
-            raise click.ClickException(f"{where}: the username must be 1 to 255 characters")
+        if not isinstance(username, str):
+            raise click.ClickException(f"{where}: the user name must be 1 to 255 characters")
+        check_username(username, f"{where}: ")
         if not isinstance(password_hash, str) or not is_well_formed_hash(password_hash.strip()):
             raise click.ClickException(
                 f"{where} ({username}): the password must be a bcrypt or argon2id hash"
