@@ -13,8 +13,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from app import clients, health, keys, pages
@@ -24,12 +23,15 @@ from app.health import Readiness
 from app.metrics import Metrics, MetricsMiddleware
 from app.metrics import route as metrics_route
 from app.middleware import (
+    ApiCorsMiddleware,
     ApiGuardMiddleware,
     BodyLimitMiddleware,
     BodyTooLarge,
+    ClientAddressMiddleware,
     PublicCorsMiddleware,
     RequestIdMiddleware,
     SecurityHeadersMiddleware,
+    oauth_error_json,
 )
 from app.oauth import routes as oauth_routes
 from app.oauth.server import BatonAuthorizationServer
@@ -97,12 +99,14 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow) ->
             *([metrics_route(metrics)] if settings.metrics else []),
         ],
         middleware=[
+            # Behind proxies, before anything reads the client address.
+            *([Middleware(ClientAddressMiddleware)] if settings.trusted_proxies else []),
             Middleware(RequestIdMiddleware),
             Middleware(MetricsMiddleware, metrics=metrics),
             Middleware(SecurityHeadersMiddleware),
             Middleware(PublicCorsMiddleware),
             Middleware(
-                CORSMiddleware,
+                ApiCorsMiddleware,
                 allow_origins=list(settings.cors_origins),
                 allow_credentials=True,
                 allow_methods=["GET", "POST", "DELETE"],
@@ -114,6 +118,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utcnow) ->
             Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes),
         ],
         exception_handlers={
+            ClientDisconnect: _client_disconnected,
             BodyTooLarge: _body_too_large,
             Problem: _problem_response,
             HTTPException: _http_error,
@@ -187,10 +192,7 @@ async def _problem_response(request: Request, exc: Exception) -> Response:
 
 async def _body_too_large(request: Request, exc: Exception) -> Response:
     if request.url.path.startswith("/oauth2/"):
-        return JSONResponse(
-            {"error": "invalid_request", "error_description": "The request body is too large."},
-            status_code=413,
-        )
+        return oauth_error_json(413, "invalid_request", "The request body is too large.")
     return problem_response(
         request, Problem(413, "validation_error", "The request body is too large.")
     )
@@ -200,11 +202,37 @@ _HTTP_TYPES = {404: "not_found", 401: "unauthorised", 403: "forbidden"}
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
+    """The router's 404 and 405, in the error format of the path: ``Allow``
+    (RFC 9110 section 15.5.6) is kept on every one."""
     assert isinstance(exc, HTTPException)
-    if request.url.path.startswith("/api/"):
+    headers = dict(exc.headers or {})
+    path = request.url.path
+    if path.startswith("/oauth2/"):
+        # RFC 6749 has no code for these; the request is not one it accepts.
+        description = {
+            404: "There is no OAuth endpoint at this path.",
+            405: f"This endpoint does not accept {request.method}.",
+        }.get(exc.status_code, str(exc.detail))
+        return oauth_error_json(exc.status_code, "invalid_request", description, headers)
+    if path.startswith("/api/"):
         kind = _HTTP_TYPES.get(exc.status_code, "unspecified")
-        return problem_response(request, Problem(exc.status_code, kind, str(exc.detail)))
-    return PlainTextResponse(str(exc.detail), status_code=exc.status_code, headers=exc.headers)
+        return problem_response(
+            request, Problem(exc.status_code, kind, str(exc.detail), headers=headers)
+        )
+    return PlainTextResponse(str(exc.detail), status_code=exc.status_code, headers=headers)
+
+
+# nginx's "client closed request": no client ever sees it.
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def _client_disconnected(request: Request, exc: Exception) -> Response:
+    """The client went away before its request body was complete: nothing is
+    wrong with Baton and nobody is left to answer. The empty answer goes
+    nowhere (the server drops it), but the access log and the metrics see
+    499, not a 5xx."""
+    log.debug("client disconnected mid-request", extra={"request_id": _request_id(request)})
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 async def _database_error(request: Request, exc: Exception) -> Response:
@@ -218,11 +246,12 @@ async def _database_error(request: Request, exc: Exception) -> Response:
     log.warning("database connection lost", extra={"request_id": _request_id(request)})
     retry = {"Retry-After": "1", "Cache-Control": "no-store"}
     if request.url.path.startswith("/oauth2/"):
-        body = {
-            "error": "temporarily_unavailable",
-            "error_description": "The database connection was lost; try again.",
-        }
-        return JSONResponse(body, status_code=503, headers=retry)
+        return oauth_error_json(
+            503,
+            "temporarily_unavailable",
+            "The database connection was lost; try again.",
+            retry,
+        )
     return problem_response(
         request,
         Problem(503, "unspecified", "The database connection was lost; try again.", headers=retry),

@@ -1,17 +1,23 @@
 """ASGI middleware: a request id on every request and response, and an access
-log that never records query strings (they carry redirection tokens and codes)."""
+log that never records query strings (they carry redirection tokens and codes);
+security headers, CORS, body limits, the ``/api/v1`` CSRF guard, and the client
+address behind trusted proxies."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import logs
+from app.http_protocol import PEER
 
 access_log = logging.getLogger("baton.access")
 
@@ -254,12 +260,111 @@ class ApiGuardMiddleware:
         await self.app(scope, receive, send)
 
 
-async def _problem(
-    scope: Scope, receive: Receive, send: Send, status: int, kind: str, title: str
-) -> None:
+class ApiCorsMiddleware(CORSMiddleware):
+    """Starlette's exact-origin, credentialed CORS, whose refused preflights
+    answer in the format of the path asked about, not in plain text.
+
+    The refusal is ``403 forbidden``: the request is well formed, and policy
+    refuses it, as ``ApiGuardMiddleware`` refuses the request itself from an
+    origin not allowed. (A browser fails a preflight on any status but 2xx, so
+    the choice only informs the people reading it.)"""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "OPTIONS":
+            await super().__call__(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if "origin" not in headers or "access-control-request-method" not in headers:
+            await super().__call__(scope, receive, send)
+            return
+        response = self.preflight_response(request_headers=headers)
+        if response.status_code == 400:
+            # "Disallowed CORS origin, method, headers, private-network"
+            failures = bytes(response.body).decode().removeprefix("Disallowed CORS ")
+            if "origin" in failures.split(", "):
+                title = "This origin may not call Baton."
+            else:
+                title = f"This cross-origin request is not allowed ({failures})."
+            kept = {
+                name: value
+                for name, value in response.headers.items()
+                if name not in ("content-type", "content-length")
+            }
+            if scope["path"].startswith("/api/"):
+                response = problem_json(scope, 403, "forbidden", title, kept)
+            elif scope["path"].startswith("/oauth2/"):
+                response = oauth_error_json(403, "invalid_request", title, kept)
+        await response(scope, receive, send)
+
+
+def problem_json(
+    scope: Scope, status: int, kind: str, title: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    """An RFC 7807 document for ``/api/v1``, outside the exception handlers."""
     body: dict[str, object] = {"type": kind, "title": title, "status": status}
     request_id = scope.get("state", {}).get("request_id")
     if request_id:
         body["request_id"] = request_id
-    response = JSONResponse(body, status_code=status, media_type="application/problem+json")
-    await response(scope, receive, send)
+    return JSONResponse(
+        body,
+        status_code=status,
+        headers={**(headers or {}), "Cache-Control": "no-store"},
+        media_type="application/problem+json",
+    )
+
+
+def oauth_error_json(
+    status: int, error: str, description: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    """An RFC 6749 section 5.2 error document for ``/oauth2/*``."""
+    return JSONResponse(
+        {"error": error, "error_description": description},
+        status_code=status,
+        headers={**(headers or {}), "Cache-Control": "no-store"},
+    )
+
+
+async def _problem(
+    scope: Scope, receive: Receive, send: Send, status: int, kind: str, title: str
+) -> None:
+    await problem_json(scope, status, kind, title)(scope, receive, send)
+
+
+class ClientAddressMiddleware:
+    """Keeps ``scope["client"]`` an IP address behind ``BATON_TRUSTED_PROXIES``.
+
+    uvicorn then takes the client address from X-Forwarded-For, whatever it
+    holds (a name, a word, 100 characters): an address Baton throttles on and
+    stores (64 characters at most). Only an IP address is taken, as
+    ``ipaddress`` writes it (at most 39 characters; an IPv6 zone, meaningless
+    beyond the proxy's own link, is dropped). Anything else counts as no
+    forwarded address at all: the client is the peer that sent the request,
+    as the server saw it (``app.http_protocol.PEER``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("client") is None:
+            await self.app(scope, receive, send)
+            return
+        host, port = scope["client"]
+        address = ip_address(host) if isinstance(host, str) else None
+        if address is None:
+            peer = scope.get("extensions", {}).get(PEER, {}).get("client")
+            scope["client"] = tuple(peer) if peer is not None else None
+        elif address != host:
+            scope["client"] = (address, port)
+        await self.app(scope, receive, send)
+
+
+def ip_address(value: str) -> str | None:
+    """``value`` as ``ipaddress`` writes it, without an IPv6 zone; ``None``
+    if it is not an IP address."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        address = ipaddress.IPv6Address(int(address))
+    return str(address)
