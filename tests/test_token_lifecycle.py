@@ -23,6 +23,7 @@ from app import authorizations, clients, tokens, users
 from app.db import Database, utcnow
 from app.main import create_app
 from app.models import AuditEvent, Grant, Token
+from app.oauth import bearer
 from app.settings import Settings
 from tests.conftest import BASE_URL, Clock, PostgresServer
 from tests.factories import ClientInfo, authorize_params, create_client, create_user, pkce
@@ -491,6 +492,29 @@ def test_a_disabled_users_refresh_token_is_refused(
     with database.transaction() as db:
         users.set_disabled(db=db, username="alice", disabled=False)
     assert refresh(client, public_client, body["refresh_token"]).status_code == 200
+
+
+@pytest.mark.usefixtures("alice")
+def test_a_password_change_ends_refresh_tokens_whose_access_token_expired(
+    client: TestClient,
+    database: Database,
+    clock: Clock,
+    settings: Settings,
+    public_client: ClientInfo,
+    resource_server: ClientInfo,
+) -> None:
+    """What ``baton users passwd`` does after a compromise: the usual state of
+    an app's newest token is an expired access token and a live refresh token."""
+    body = obtain(client, public_client)
+    clock.advance(settings.access_token_ttl + timedelta(seconds=1))
+    assert is_active(client, body["refresh_token"], resource_server)
+
+    with database.transaction() as db:
+        user = users.require(db=db, username="alice")
+        assert bearer.revoke_all_for_user(db=db, user_id=user.id, now=clock.now) == 1
+
+    assert_oauth_error(refresh(client, public_client, body["refresh_token"]), "invalid_grant")
+    assert not is_active(client, body["refresh_token"], resource_server)
 
 
 @pytest.mark.usefixtures("alice")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from app import tokens
@@ -48,10 +48,16 @@ def authenticate(*, db: Session, token: str, now: datetime) -> BearerGrant | Non
 
 
 def revoke_all_for_user(*, db: Session, user_id: int, now: datetime) -> int:
-    """End every live access token of a user (after a password change)."""
+    """End every live token of a user, access or refresh (after a password
+    change). A refresh token outlives its access token by weeks: an app's
+    newest row is usually one whose access token has expired."""
     result = db.execute(
         update(Token)
-        .where(Token.user_id == user_id, Token.revoked_at.is_(None), Token.expires_at > now)
+        .where(
+            Token.user_id == user_id,
+            Token.revoked_at.is_(None),
+            or_(Token.expires_at > now, Token.refresh_expires_at > now),
+        )
         .values(revoked_at=now)
     )
     return int(getattr(result, "rowcount", 0) or 0)
