@@ -59,10 +59,14 @@ async def log_in(services: Services, attempt: Attempt) -> LoggedIn:
 
 
 async def _log_in(services: Services, attempt: Attempt) -> LoggedIn:
-    account = await to_thread.run_sync(_check_throttle_and_find, services, attempt)
-    verification = await services.hashing.verify(
-        account.password_hash if account else None, attempt.password
-    )
+    reservation, account = await to_thread.run_sync(_check_throttle_and_find, services, attempt)
+    try:
+        verification = await services.hashing.verify(
+            account.password_hash if account else None, attempt.password
+        )
+    except HashingOverloaded:
+        await to_thread.run_sync(_release, services, reservation)  # no password was checked
+        raise
     if account is None or not verification.ok or account.disabled:
         reason = (
             "unknown_user"
@@ -71,18 +75,34 @@ async def _log_in(services: Services, attempt: Attempt) -> LoggedIn:
             if not verification.ok
             else "disabled_user"
         )
+        # The attempt's reservation stays: it is the failure the throttle counts.
         await to_thread.run_sync(_record_failure, services, attempt, reason)
         services.metrics.login("invalid_credentials")
         raise problems.unauthorised()
-    upgraded = await services.hashing.hash(attempt.password) if verification.needs_rehash else None
-    logged_in = await to_thread.run_sync(_open_session, services, attempt, account, upgraded)
+    try:
+        upgraded = (
+            await services.hashing.hash(attempt.password) if verification.needs_rehash else None
+        )
+        logged_in = await to_thread.run_sync(
+            _open_session, services, attempt, account, upgraded, reservation
+        )
+    except (HashingOverloaded, problems.Problem):
+        # The password was right (the flow was gone, or the rehash found no
+        # slot): not a failure, whatever the answer.
+        await to_thread.run_sync(_release, services, reservation)
+        raise
     services.metrics.login("success")
     return logged_in
 
 
-def _check_throttle_and_find(services: Services, attempt: Attempt) -> _Account | None:
+def _check_throttle_and_find(
+    services: Services, attempt: Attempt
+) -> tuple[throttle.Reservation, _Account | None]:
     now = services.clock()
-    # Reads only: on SQLite it does not queue for the write lock.
+    with services.database.transaction() as db:
+        reservation = throttle.reserve(db=db, username=attempt.username, ip=attempt.ip, now=now)
+    # Committed: an attempt racing this one counts it, as this one counts
+    # those committed before. Reads only: on SQLite no wait for the write lock.
     with services.database.reading() as db:
         standing = throttle.standing(
             db=db,
@@ -90,14 +110,18 @@ def _check_throttle_and_find(services: Services, attempt: Attempt) -> _Account |
             ip=attempt.ip,
             now=now,
             policy=services.settings.throttle,
+            reservation=reservation,
         )
         if not standing.wait:
             user = users.get_by_username(db=db, username=attempt.username)
             if user is None:
-                return None
-            return _Account(user.id, user.password_hash, user.disabled, standing.user_failures)
+                return reservation, None
+            account = _Account(user.id, user.password_hash, user.disabled, standing.user_failures)
+            return reservation, account
     seconds = max(1, math.ceil(standing.wait.total_seconds()))
     with services.database.transaction() as db:
+        # Refused before its password was checked: not a failure of its own.
+        throttle.release(db=db, reservation=reservation)
         audit.record(
             db=db,
             event="login.throttled",
@@ -111,10 +135,14 @@ def _check_throttle_and_find(services: Services, attempt: Attempt) -> _Account |
     raise problems.throttled(seconds)
 
 
+def _release(services: Services, reservation: throttle.Reservation) -> None:
+    with services.database.transaction() as db:
+        throttle.release(db=db, reservation=reservation)
+
+
 def _record_failure(services: Services, attempt: Attempt, reason: str) -> None:
     now = services.clock()
     with services.database.transaction() as db:
-        throttle.record_failure(db=db, username=attempt.username, ip=attempt.ip, now=now)
         audit.record(
             db=db,
             event="login.failed",
@@ -127,7 +155,11 @@ def _record_failure(services: Services, attempt: Attempt, reason: str) -> None:
 
 
 def _open_session(
-    services: Services, attempt: Attempt, account: _Account, upgraded_hash: str | None
+    services: Services,
+    attempt: Attempt,
+    account: _Account,
+    upgraded_hash: str | None,
+    reservation: throttle.Reservation,
 ) -> LoggedIn:
     now = services.clock()
     with services.database.transaction() as db:
@@ -171,6 +203,7 @@ def _open_session(
             users.upgrade_hash(
                 db=db, user_id=account.id, old_hash=account.password_hash, new_hash=upgraded_hash
             )
+        throttle.release(db=db, reservation=reservation)
         if account.failures:
             throttle.reset_user(db=db, username=attempt.username)
         audit.record(

@@ -6,6 +6,14 @@ with every failure (1 s, 2 s, 4 s, … up to a cap) after the latest one. There
 is no hard lock: an attacker can hold a username back for at most the cap
 after their last failure, while a guessing rate of a few attempts per window
 stays out of reach (the trade-off Keycloak documents for lockout-DoS).
+
+An attempt counts as a failure from before its password is checked: it
+writes its rows and commits them (``reserve``), and only then counts the rows
+of the others (``standing``). Of attempts that race, the k-th to commit sees
+at least k - 1 others, so a burst sent at once gets no more password checks
+than the same attempts sent one by one. A success, or a refusal that is not a
+wrong password, takes its rows back (``release``); a wrong password leaves
+them, as its failure.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from app.models import LoginFailure
@@ -42,16 +50,48 @@ def ip_key(ip: str | None) -> str | None:
 
 
 # Built once: building a statement and its cache key costs more than running
-# it. Both keys of an attempt are counted in one statement.
-_FAILURES = LoginFailure.metadata.tables[LoginFailure.__tablename__].c
+# it. Both keys of an attempt are counted in one statement, less its own rows.
+_TABLE = LoginFailure.metadata.tables[LoginFailure.__tablename__]
+_FAILURES = _TABLE.c
 _RECENT = (
     select(_FAILURES.key, func.count(), func.max(_FAILURES.occurred_at))
     .where(
         _FAILURES.key.in_([bindparam("user"), bindparam("ip")]),
         _FAILURES.occurred_at > bindparam("since"),
+        _FAILURES.id.not_in([bindparam("own_user"), bindparam("own_ip")]),
     )
     .group_by(_FAILURES.key)
 )
+_RESERVE = insert(_TABLE).returning(_FAILURES.id)
+_RELEASE = delete(_TABLE).where(_FAILURES.id.in_([bindparam("own_user"), bindparam("own_ip")]))
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """An attempt's rows in ``login_failures``: one for its username, one for
+    its address (the same id twice when it has none)."""
+
+    user_row: int
+    ip_row: int
+
+    def params(self) -> dict[str, int]:
+        return {"own_user": self.user_row, "own_ip": self.ip_row}
+
+
+def reserve(*, db: Session, username: str, ip: str | None, now: datetime) -> Reservation:
+    """Count an attempt as a failure until it is released; commit before
+    :func:`standing` so that every attempt racing this one counts it."""
+    rows = [{"key": user_key(username), "occurred_at": now}]
+    address = ip_key(ip)
+    if address is not None:
+        rows.append({"key": address, "occurred_at": now})
+    ids = list(db.scalars(_RESERVE, rows))
+    return Reservation(user_row=ids[0], ip_row=ids[-1])
+
+
+def release(*, db: Session, reservation: Reservation) -> None:
+    """The attempt was not a wrong password: it no longer counts."""
+    db.execute(_RELEASE, reservation.params())
 
 
 def _wait(
@@ -75,13 +115,26 @@ class Standing:
 
 
 def standing(
-    *, db: Session, username: str, ip: str | None, now: datetime, policy: Policy
+    *,
+    db: Session,
+    username: str,
+    ip: str | None,
+    now: datetime,
+    policy: Policy,
+    reservation: Reservation,
 ) -> Standing:
+    """The failures of others (``reservation`` is this attempt's own rows)."""
     user, address = user_key(username), ip_key(ip)
     recent: dict[str, tuple[int, datetime | None]] = {
         key: (count, latest)
         for key, count, latest in db.execute(
-            _RECENT, {"user": user, "ip": address or user, "since": now - policy.window}
+            _RECENT,
+            {
+                "user": user,
+                "ip": address or user,
+                "since": now - policy.window,
+                **reservation.params(),
+            },
         )
     }
     none: tuple[int, datetime | None] = (0, None)
@@ -91,13 +144,6 @@ def standing(
         count, latest = recent.get(address, none)
         waits.append(_wait(count, latest, policy.ip_failures, policy, now))
     return Standing(wait=max(waits), user_failures=user_count)
-
-
-def record_failure(*, db: Session, username: str, ip: str | None, now: datetime) -> None:
-    db.add(LoginFailure(key=user_key(username), occurred_at=now))
-    address = ip_key(ip)
-    if address is not None:
-        db.add(LoginFailure(key=address, occurred_at=now))
 
 
 _RESET = delete(LoginFailure).where(LoginFailure.key == bindparam("key"))

@@ -6,6 +6,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import httpx2
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
+from app import login, problems
 from app.cli import main as baton
 from app.db import Database
 from app.main import create_app
@@ -122,6 +124,72 @@ def test_throttling_is_shared_by_every_instance(
         fail(two, "alice", 1)
         assert_throttled(attempt(one, "alice", PASSWORD), 1)
         assert_throttled(attempt(two, "alice", PASSWORD), 1)
+
+
+def test_attempts_checked_before_any_failure_is_recorded_are_still_counted(
+    strict: TestClient, database: Database
+) -> None:
+    """The race of a burst: every attempt passes the throttle before the first
+    password check fails. An attempt counts from before its check, so the
+    fourth of these is throttled as if the three before it had failed."""
+    create_user(database)
+    services = strict.app.state.services  # type: ignore[attr-defined]
+    burst = [
+        login.Attempt(
+            username="alice",
+            password="guess",
+            redirection_token=None,
+            ip="192.0.2.1",
+            user_agent=None,
+        )
+        for _ in range(4)
+    ]
+    for one in burst[:3]:
+        _, account = login._check_throttle_and_find(services, one)
+        assert account is not None
+    with pytest.raises(problems.Problem) as refused:
+        login._check_throttle_and_find(services, burst[3])
+    assert refused.value.status == 429
+
+
+def test_a_concurrent_burst_gets_no_more_password_checks_than_the_threshold(
+    strict: TestClient, database: Database
+) -> None:
+    """20 guesses sent at once, the right password last: at most 3 (the
+    threshold) are checked; the rest are throttled, the right one with them."""
+    create_user(database)
+    passwords = [f"guess-{n}" for n in range(19)] + [PASSWORD]
+    with ThreadPoolExecutor(max_workers=len(passwords)) as pool:
+        statuses = list(
+            pool.map(lambda password: attempt(strict, "alice", password).status_code, passwords)
+        )
+
+    assert sorted(set(statuses)) <= [401, 429], statuses
+    assert statuses.count(401) <= 3, statuses
+    assert statuses[-1] == 429
+
+
+def test_a_refusal_that_is_not_a_wrong_password_is_no_failure(
+    strict: TestClient, database: Database
+) -> None:
+    """A right password whose flow is gone, and a throttled attempt, leave no
+    failure behind: only wrong passwords count."""
+    create_user(database)
+    gone = strict.post(
+        LOGIN, json={"username": "alice", "password": PASSWORD, "redirection_token": "x" * 43}
+    )
+    assert gone.status_code == 400, gone.text
+    fail(strict, "alice", 3)
+    assert_throttled(attempt(strict, "alice", "wrong"), 1)
+    with database.transaction() as db:
+        assert (
+            len(
+                list(
+                    db.scalars(select(LoginFailure.key).where(LoginFailure.key.startswith("user:")))
+                )
+            )
+            == 3
+        )
 
 
 def test_usernames_are_stored_only_hashed(strict: TestClient, database: Database) -> None:
