@@ -21,6 +21,11 @@ DEFAULT_SCOPE = "read write"
 GRANT_TYPES = ("authorization_code", "refresh_token")
 
 
+# Where a client came from (``clients.provenance``).
+CLI = "cli"  # an operator's: ``baton clients add``
+DCR = "dcr"  # registered itself: ``POST /oauth2/register``
+
+
 class InvalidClientMetadata(ValueError):
     pass
 
@@ -124,7 +129,7 @@ def register(
     first_party: bool,
     scope: str,
     now: datetime,
-    provenance: str = "cli",
+    provenance: str = CLI,
     client_id: str | None = None,
     grant_types: tuple[str, ...] = GRANT_TYPES,
 ) -> Registered:
@@ -180,6 +185,8 @@ class ClientView(Protocol):
     def scope(self) -> str: ...
     @property
     def grant_types(self) -> list[str]: ...
+    @property
+    def provenance(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +203,7 @@ class ClientRecord:
     redirect_uris: list[str]
     scope: str
     grant_types: list[str]
+    provenance: str  # CLI or DCR
 
 
 _RECORD_BY_CLIENT_ID = select(

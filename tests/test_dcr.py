@@ -251,6 +251,58 @@ def test_a_confidential_clients_secret_works_at_the_token_endpoint(
 
 
 @pytest.mark.usefixtures("alice")
+def test_a_registered_client_introspects_only_its_own_tokens(
+    dcr: TestClient, database: Database
+) -> None:
+    """RFC 7662 §4: open registration must not make anyone a resource server.
+    A self-registered confidential client learns nothing of another client's
+    token; an operator's confidential client (a resource server) still does."""
+    registrant = info(registered(dcr, {"client_name": "Anyone", "redirect_uris": [REDIRECT]}))
+    assert registrant.secret is not None
+    resource_server = create_client(database, public=False)
+    assert resource_server.secret is not None
+    others = create_client(database)  # first-party, public: no consent step
+    assert sign_in(dcr) is None
+    challenge = pkce()
+    issued = authorize(dcr, authorize_params(others, challenge))
+    others_token = exchange(
+        dcr,
+        {
+            "grant_type": "authorization_code",
+            "code": query_of(issued.headers["location"])["code"],
+            "redirect_uri": others.redirect_uri,
+            "client_id": others.client_id,
+            "code_verifier": challenge.verifier,
+        },
+    ).json()["access_token"]
+    code, verifier = consent_then_code(dcr, registrant, "read")
+    own_token = exchange(
+        dcr,
+        {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "code_verifier": verifier,
+        },
+        auth=(registrant.client_id, registrant.secret),
+    ).json()["access_token"]
+
+    def introspect(token: str, caller: ClientInfo) -> dict[str, Any]:
+        assert caller.secret is not None
+        response = dcr.post(
+            "/oauth2/introspect", data={"token": token}, auth=(caller.client_id, caller.secret)
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    assert introspect(others_token, registrant) == {"active": False}
+    assert introspect(own_token, registrant)["active"] is True
+    assert introspect(others_token, resource_server)["username"] == "alice"
+    assert introspect(own_token, resource_server)["active"] is True
+
+
+@pytest.mark.usefixtures("alice")
 def test_a_public_registered_client_completes_the_flow(dcr: TestClient) -> None:
     body = registered(
         dcr,

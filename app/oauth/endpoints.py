@@ -9,7 +9,8 @@ from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
 
-from app import audit
+from app import audit, clients
+from app.oauth.clients import OAuthClient
 from app.oauth.grants import (
     CallerAndToken,
     IssuedToken,
@@ -74,8 +75,9 @@ class RevocationEndpoint(_RevocationEndpoint):
 
 
 class IntrospectionEndpoint(_IntrospectionEndpoint):
-    """Confidential clients (a resource server registered as a client) may
-    introspect any token. With ``BATON_UNAUTHENTICATED_INTROSPECTION`` anyone
+    """Confidential clients an operator registered (a resource server) may
+    introspect any token; those registered through ``/oauth2/register`` only
+    their own. With ``BATON_UNAUTHENTICATED_INTROSPECTION`` anyone
     may, which is what an MCP server's token verifier without credentials
     needs; it then learns no more than the bearer of the token could."""
 
@@ -117,7 +119,16 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
         _check_hint(super().check_params, request, client)
 
     def check_permission(self, token: IssuedToken, client: Any, request: OAuth2Request) -> bool:
-        return True
+        """RFC 7662 §4: who may learn about a token. A client an operator
+        registered (a resource server) may introspect any token; one that
+        registered itself (``/oauth2/register``, open to anyone when enabled)
+        only the tokens issued to it. Others' get ``{"active": false}``.
+        Without client authentication (``BATON_UNAUTHENTICATED_INTROSPECTION``)
+        any token may be introspected by whoever holds it."""
+        if client is None:
+            return True
+        caller: OAuthClient = client
+        return caller.row.provenance != clients.DCR or token.client_id == caller.client_id
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> IssuedToken | None:
         return find_token(self.server.db, token_string, token_type_hint, self.server.clock())

@@ -174,7 +174,7 @@ class RegistrationEndpoint(ClientRegistrationEndpoint):
                 first_party=False,
                 scope=client_metadata["scope"],
                 now=now,
-                provenance="dcr",
+                provenance=clients.DCR,
                 grant_types=tuple(client_metadata["grant_types"]),
             )
         except clients.InvalidClientMetadata as error:
@@ -188,7 +188,7 @@ class RegistrationEndpoint(ClientRegistrationEndpoint):
             client_id=registered.client.client_id,
             ip=getattr(request, "ip", None),
             request_id=getattr(request, "request_id", None),
-            provenance="dcr",
+            provenance=clients.DCR,
             public=registered.client.public,
         )
         return registered
