@@ -63,18 +63,25 @@ def covers(grant: Grant | None, scope: str) -> bool:
     return grant is not None and set(_scopes(scope)) <= set(_scopes(grant.scope))
 
 
+OFFLINE_ACCESS = "offline_access"
+
+
 def approve(
     *,
     db: Session,
     user_id: int,
     client_pk: int,
     scope: str,
+    requested: str,
     now: datetime,
     lifetime: timedelta,
 ) -> Grant:
-    """Remember the user's approval of ``scope``: added to the live grant when
-    there is one (its lifetime starts again), else a new grant."""
+    """Remember the user's approval of ``scope`` (of the ``requested``): added
+    to the live grant when there is one (its lifetime starts again), else a
+    new grant. Asked for ``offline_access``, the user's answer decides whether
+    refresh tokens are issued under the grant, until they answer again."""
     live = find(db=db, user_id=user_id, client_pk=client_pk, now=now)
+    asked = OFFLINE_ACCESS in _scopes(requested)
     return extend(
         db=db,
         live=live,
@@ -83,6 +90,7 @@ def approve(
         scope=scope,
         now=now,
         lifetime=lifetime,
+        refresh_declined=(OFFLINE_ACCESS not in _scopes(scope)) if asked else None,
     )
 
 
@@ -95,8 +103,10 @@ def extend(
     scope: str,
     now: datetime,
     lifetime: timedelta,
+    refresh_declined: bool | None = None,
 ) -> Grant:
-    """:func:`approve` when the caller already holds the live grant (or ``None``)."""
+    """:func:`approve` when the caller already holds the live grant (or
+    ``None``); ``refresh_declined`` ``None`` leaves the grant's as it is."""
     if live is None:
         grant = Grant(
             public_id=tokens.new_public_id(),
@@ -106,6 +116,7 @@ def extend(
             issued_at=now,
             updated_at=now,
             expires_at=now + lifetime,
+            refresh_declined=bool(refresh_declined),
         )
         db.add(grant)
         db.flush()
@@ -114,6 +125,7 @@ def extend(
         "scope": " ".join(_scopes(live.scope + " " + scope)),
         "updated_at": now,
         "expires_at": now + lifetime,
+        "refresh_declined": live.refresh_declined if refresh_declined is None else refresh_declined,
     }
     db.execute(_EXTEND, {"grant_id": live.id, **{f"new_{k}": v for k, v in values.items()}})
     # The grant read by find() says what the row now says, with nothing left
@@ -131,6 +143,7 @@ _EXTEND = (
         scope=bindparam("new_scope"),
         updated_at=bindparam("new_updated_at"),
         expires_at=bindparam("new_expires_at"),
+        refresh_declined=bindparam("new_refresh_declined"),
     )
 )
 

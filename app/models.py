@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, UTCDateTime
@@ -111,6 +111,9 @@ class Grant(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The client asked for ``offline_access`` and the user left it out: no
+    # refresh token under this grant until they approve it (OIDC Core §11).
+    refresh_declined: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     client: Mapped[Client] = relationship()
 

@@ -193,6 +193,51 @@ def test_the_user_may_approve_fewer_scopes(
     consent_token(response)
 
 
+def test_offline_access_left_out_means_no_refresh_token_until_approved(
+    client: TestClient, alice: None, database: Database
+) -> None:
+    """OpenID Connect Core §11: ``offline_access`` asks for a refresh token.
+    Asked and left out by the user, none is issued under that grant, even when
+    the client stops asking; approved later, refresh tokens come back."""
+    app = create_client(database, first_party=False, scope="read offline_access")
+
+    def tokens_after(answer: dict[str, Any] | None, scope: str) -> dict[str, Any]:
+        params, response = start(client, app, scope=scope)
+        if answer is not None:
+            response = follow(
+                client, decide(client, consent_token(response), **answer).json()["redir_to"]
+            )
+        return token_for(client, params, callback_of(response, params)["code"])
+
+    declined = tokens_after({"approve": True, "scopes": ["read"]}, "read offline_access")
+    assert declined["scope"] == "read"
+    assert "refresh_token" not in declined
+    [grant] = grants_of(database)
+    assert grant.refresh_declined
+
+    # The grant covers "read": no question, and still no refresh token.
+    assert "refresh_token" not in tokens_after(None, "read")
+
+    approved = tokens_after({"approve": True}, "read offline_access")
+    assert approved["scope"] == "read offline_access"
+    assert "refresh_token" in approved
+    assert "refresh_token" in tokens_after(None, "read")
+    [grant] = grants_of(database)
+    assert not grant.refresh_declined
+
+
+def test_a_client_that_never_asks_for_offline_access_gets_refresh_tokens(
+    client: TestClient, alice: None, third_party: ClientInfo
+) -> None:
+    """What an MCP client expects: refresh tokens by its grant type alone."""
+    params, response = start(client, third_party, scope="read")
+    answer = decide(client, consent_token(response), True)
+    issued = token_for(
+        client, params, callback_of(follow(client, answer.json()["redir_to"]), params)["code"]
+    )
+    assert "refresh_token" in issued
+
+
 def test_scopes_that_were_not_requested_cannot_be_approved(
     client: TestClient, alice: None, third_party: ClientInfo, database: Database
 ) -> None:

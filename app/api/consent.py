@@ -132,6 +132,7 @@ async def decide(request: Request) -> Response:
                     user_id=user.id,
                     client_pk=flow.client_pk,
                     scope=scope,
+                    requested=" ".join(view.scopes),
                     now=now,
                     lifetime=services.settings.grant_lifetime,
                 )

@@ -190,6 +190,29 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             raise InvalidGrantError("Invalid 'code' in request.")
         return user
 
+    def generate_token(
+        self,
+        user: Any = None,
+        scope: str | None = None,
+        grant_type: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        """authlib's, less the refresh token when the user declined
+        ``offline_access`` for this client (the grant says so)."""
+        code: AuthorizationCode = self.request.authorization_code
+        if include_refresh_token and code.grant_id is not None:
+            grant = grant_of(self.server.db, code.grant_id)  # read by authenticate_user
+            include_refresh_token = grant is not None and not grant.refresh_declined
+        token: dict[str, Any] = super().generate_token(
+            user=user,
+            scope=scope,
+            grant_type=grant_type,
+            expires_in=expires_in,
+            include_refresh_token=include_refresh_token,
+        )
+        return token
+
     def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
         # Spent codes stay (with used_at set) until purged, so a replay is told
         # apart from a typo in logs and can later revoke what the code issued.
