@@ -39,10 +39,11 @@ class Policy:
 
 
 def user_key(username: str) -> str:
-    # Hashed: what people type into the username field is sometimes a password.
-    return (
-        "user:" + hashlib.sha256(username.casefold().encode("utf-8", "surrogatepass")).hexdigest()
-    )
+    """The name exactly as typed, as the user lookup compares it: "BOB" is not
+    "bob", so failures against one neither throttle nor are cleared by the
+    other (a success as one's own "BOB" must not clear guesses at "bob").
+    Hashed: what people type into the username field is sometimes a password."""
+    return "user:" + hashlib.sha256(username.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def ip_key(ip: str | None) -> str | None:

@@ -126,6 +126,21 @@ def test_throttling_is_shared_by_every_instance(
         assert_throttled(attempt(two, "alice", PASSWORD), 1)
 
 
+def test_names_that_differ_in_case_are_throttled_apart(
+    strict: TestClient, database: Database, clock: Clock
+) -> None:
+    """Sign-in compares names exactly: guesses at "bob" neither hold back the
+    account "BOB" nor are cleared by its owner signing in."""
+    create_user(database, "bob")
+    create_user(database, "BOB")
+    fail(strict, "bob", 3)
+    clock.advance(timedelta(seconds=1))
+    fail(strict, "bob", 1)  # the fourth: the next waits 2 s
+
+    assert attempt(strict, "BOB", PASSWORD).status_code == 200
+    assert_throttled(attempt(strict, "bob", PASSWORD), 2)
+
+
 def test_attempts_checked_before_any_failure_is_recorded_are_still_counted(
     strict: TestClient, database: Database
 ) -> None:
