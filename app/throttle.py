@@ -19,6 +19,7 @@ them, as its failure.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -47,7 +48,19 @@ def user_key(username: str) -> str:
 
 
 def ip_key(ip: str | None) -> str | None:
-    return None if not ip else "ip:" + ip[:64]
+    """An IPv6 client is counted by its /64, the block one subscriber gets
+    (RFC 6177): within it an attacker has 2**64 addresses to rotate through."""
+    if not ip:
+        return None
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return "ip:" + ip[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return f"ip:{address.ipv4_mapped}"
+        return f"ip:{ipaddress.IPv6Network((address, 64), strict=False)}"
+    return f"ip:{address}"
 
 
 # Built once: building a statement and its cache key costs more than running

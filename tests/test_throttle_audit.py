@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from app import login, problems
+from app import login, problems, throttle
 from app.cli import main as baton
 from app.db import Database
 from app.main import create_app
@@ -124,6 +124,27 @@ def test_throttling_is_shared_by_every_instance(
         fail(two, "alice", 1)
         assert_throttled(attempt(one, "alice", PASSWORD), 1)
         assert_throttled(attempt(two, "alice", PASSWORD), 1)
+
+
+def test_an_ipv6_client_is_counted_by_its_slash_64(strict: TestClient) -> None:
+    """Six guesses (the per-address limit) at six names from six addresses of
+    one /64: the seventh, from yet another of its addresses, is throttled; an
+    address of the next /64 is not."""
+    services = strict.app.state.services  # type: ignore[attr-defined]
+
+    def check(name: str, ip: str) -> None:
+        one = login.Attempt(
+            username=name, password="x", redirection_token=None, ip=ip, user_agent=None
+        )
+        login._check_throttle_and_find(services, one)
+
+    for n in range(6):
+        check(f"user{n}", f"2001:db8:1:2::{n + 1:x}")
+    with pytest.raises(problems.Problem) as refused:
+        check("user6", "2001:db8:1:2:ffff:ffff:ffff:ffff")
+    assert refused.value.status == 429
+    check("user7", "2001:db8:1:3::1")
+    assert throttle.ip_key("::ffff:192.0.2.1") == throttle.ip_key("192.0.2.1") == "ip:192.0.2.1"
 
 
 def test_names_that_differ_in_case_are_throttled_apart(
