@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from app import clients, tokens
 from app.db import Base, Database
-from app.models import AuthorizationCode, Client, PendingFlow, Token, User
+from app.models import AuditEvent, AuthorizationCode, Client, PendingFlow, Token, User
 from app.settings import Settings
 from tests.conftest import Clock
 from tests.factories import (
@@ -451,13 +451,46 @@ def test_token_exchange_issues_a_bearer_token(
 def test_code_is_single_use(
     client: TestClient, database: Database, public_client: ClientInfo
 ) -> None:
-    """OAuth 2.1 §4.1.3: a code is refused the second time, and the refusal writes nothing."""
+    """OAuth 2.1 §4.1.3: a code is refused the second time, and the tokens it
+    issued are revoked (someone else holds the code); nothing else changes."""
     issued = issue_code(client, public_client)
-    assert exchange(client, token_form(issued)).status_code == 200
+    first = exchange(client, token_form(issued))
+    assert first.status_code == 200
     before = snapshot(database)
 
     assert_oauth_error(exchange(client, token_form(issued)), "invalid_grant")
-    assert snapshot(database) == before
+
+    assert me(client, first.json()["access_token"]).status_code == 401
+    refreshed = exchange(
+        client,
+        {
+            "grant_type": "refresh_token",
+            "refresh_token": first.json()["refresh_token"],
+            "client_id": public_client.client_id,
+        },
+    )
+    assert_oauth_error(refreshed, "invalid_grant")
+    after = snapshot(database)
+    changed_tables = {name for name in after if after[name] != before[name]}
+    assert changed_tables == {"tokens", "audit_events"}
+    with database.transaction() as db:
+        events = list(db.scalars(select(AuditEvent.event).order_by(AuditEvent.id)))
+    assert events[-1] == "code.reuse_detected"
+
+
+@pytest.mark.usefixtures("alice")
+def test_a_code_replayed_with_a_wrong_verifier_still_revokes_what_it_issued(
+    client: TestClient, public_client: ClientInfo
+) -> None:
+    """Whoever presents a spent code has a copy of it, verifier or not."""
+    issued = issue_code(client, public_client)
+    first = exchange(client, token_form(issued)).json()
+
+    assert_oauth_error(
+        exchange(client, token_form(issued, code_verifier=pkce().verifier)), "invalid_grant"
+    )
+
+    assert me(client, first["access_token"]).status_code == 401
 
 
 @pytest.mark.usefixtures("alice")

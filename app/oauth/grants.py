@@ -98,6 +98,22 @@ _LIVE_CODE = select(AuthorizationCode).where(
     AuthorizationCode.used_at.is_(None),
     AuthorizationCode.expires_at > bindparam("now"),
 )
+# The tokens a spent code issued (one family): what a replay of it revokes.
+_CODE_FAMILY = (
+    select(Token.__table__.c.family_id)
+    .where(Token.__table__.c.code_id == bindparam("code_id"))
+    .limit(1)
+)
+_SPENT_CODE_FAMILY = (
+    select(Token.__table__.c.family_id)
+    .join(_CODES, _CODES.c.id == Token.__table__.c.code_id)
+    .where(
+        _CODES.c.code_hash == bindparam("code_hash"),
+        _CODES.c.client_pk == bindparam("client_pk"),
+        _CODES.c.used_at.is_not(None),
+    )
+    .limit(1)
+)
 # Updates that decide single use are Core statements on the table: through
 # the mapped class, the ORM's bulk-update path cost each 55-80 µs more.
 _SPEND_CODE = (
@@ -171,10 +187,25 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             raise InvalidTargetError("The 'resource' differs from the authorization request.")
 
     def query_authorization_code(self, code: str, client: Any) -> AuthorizationCode | None:
-        return self.server.db.scalar(
-            _LIVE_CODE,
-            {"code_hash": tokens.digest(code), "client_pk": client.pk, "now": self.server.clock()},
+        code_hash = tokens.digest(code)
+        live: AuthorizationCode | None = self.server.db.scalar(
+            _LIVE_CODE, {"code_hash": code_hash, "client_pk": client.pk, "now": self.server.clock()}
         )
+        if live is None:
+            self._replayed(
+                self.server.db.scalar(
+                    _SPENT_CODE_FAMILY, {"code_hash": code_hash, "client_pk": client.pk}
+                )
+            )
+        return live
+
+    def _replayed(self, family: str | None) -> None:
+        """OAuth 2.1 §4.1.3: a code used again means someone else holds it;
+        the tokens it issued are revoked (``BatonAuthorizationServer.token``
+        does it once this request's own transaction has rolled back)."""
+        if family is not None:
+            self.request.baton_reused_family = family
+            self.request.baton_reused = "code"
 
     def authenticate_user(self, authorization_code: AuthorizationCode) -> User:
         """Spend the code. authlib calls this after every check passed (client,
@@ -185,6 +216,8 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         spent = db.execute(
             _SPEND_CODE, {"code_id": authorization_code.id, "now": self.server.clock()}
         ).scalar_one_or_none()
+        if spent is None:  # a concurrent exchange of the same code won
+            self._replayed(db.scalar(_CODE_FAMILY, {"code_id": authorization_code.id}))
         user = None if spent is None else db.get(User, spent)
         if user is None or user.disabled or not _grant_is_live(self.server, authorization_code):
             raise InvalidGrantError("Invalid 'code' in request.")

@@ -434,15 +434,16 @@ class BatonAuthorizationServer(AuthorizationServer):
             return abort.response
 
     def _revoke_reused_family(self, request: BatonOAuth2Request, family: str) -> None:
-        """A rotated refresh token came back: someone holds a copy. Every token
-        of its family stops working, in its own transaction (the refused
-        request's own transaction was rolled back)."""
+        """A rotated refresh token or a spent code came back: someone holds a
+        copy. Every token of its family stops working, in its own transaction
+        (the refused request's own transaction was rolled back)."""
         now = self.clock()
+        reused = getattr(request, "baton_reused", "refresh_token")
         with self.database.transaction() as db:
             revoked = revoke_family(db, family, now)
             audit.record(
                 db=db,
-                event="token.reuse_detected",
+                event="code.reuse_detected" if reused == "code" else "token.reuse_detected",
                 now=now,
                 client_id=request.payload.client_id,
                 ip=request.ip,
