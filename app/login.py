@@ -99,11 +99,10 @@ def _check_throttle_and_find(
     services: Services, attempt: Attempt
 ) -> tuple[throttle.Reservation, _Account | None]:
     now = services.clock()
-    with services.database.transaction() as db:
+    # The reservation is committed before the others are counted: an attempt
+    # racing this one counts it, as this one counts those committed before.
+    with services.database.committing_each() as db:
         reservation = throttle.reserve(db=db, username=attempt.username, ip=attempt.ip, now=now)
-    # Committed: an attempt racing this one counts it, as this one counts
-    # those committed before. Reads only: on SQLite no wait for the write lock.
-    with services.database.reading() as db:
         standing = throttle.standing(
             db=db,
             username=attempt.username,
