@@ -13,6 +13,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -108,6 +109,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     engine.dispose()
     return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database without any table (as PostgreSQL's image creates it), on
+    each backend: ``baton db upgrade`` or ``baton serve`` creates the schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/baton.db"
+    postgres: PostgresServer = request.getfixturevalue("postgres")
+    return postgres.create_database()
 
 
 @pytest.fixture

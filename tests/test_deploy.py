@@ -39,7 +39,6 @@ from app.cli import main
 from app.cli._base import WORKER_APP
 from app.migrate import alembic_config, current_revision
 from app.settings import Settings, parse_duration
-from tests.conftest import PostgresServer
 from tests.servers import free_port, serving
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,15 +65,6 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("BATON_") and not name.startswith("BATON_TEST_"):
             monkeypatch.delenv(name)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A database without any table, as PostgreSQL's image creates it."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/baton.db"
-    postgres: PostgresServer = request.getfixturevalue("postgres")
-    return postgres.create_database()
 
 
 # -- compose variables ($VAR, ${VAR}, ${VAR:-default}, ${VAR:?error}, $$) ---------------

@@ -25,7 +25,7 @@ from app.http_protocol import PEER
 from app.main import create_app
 from app.middleware import ClientAddressMiddleware
 from app.settings import Settings
-from tests.conftest import BASE_URL, PostgresServer
+from tests.conftest import BASE_URL
 from tests.factories import PASSWORD, REDIRECT_URI, pkce, query_of
 from tests.servers import Server, serving
 
@@ -243,15 +243,6 @@ def test_only_an_ip_address_is_taken_as_the_client(forwarded: str, seen: tuple[s
 
 def test_without_the_peer_a_bad_address_is_no_address() -> None:
     assert _client_seen(("a" * 100, 5), None) is None
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database: ``baton serve``'s own upgrade creates the schema."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/baton.db"
-    postgres: PostgresServer = request.getfixturevalue("postgres")
-    return postgres.create_database()
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ from app.main import create_app
 from app.models import AuditEvent, User
 from app.passwords import Argon2Cost, HashingPool, hash_password
 from app.settings import Settings
-from tests.conftest import BASE_URL, Clock, PostgresServer
+from tests.conftest import BASE_URL, Clock
 from tests.factories import PASSWORD, create_user, create_user_with_hash
 from tests.servers import BIN, free_port, stop, wait_until_serving
 
@@ -492,21 +492,12 @@ def log_in_while_stopping(server: Running) -> tuple[Outcome, float]:
         return pending.result(timeout=60), signalled
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An EMPTY database: ``baton db upgrade`` creates the schema."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/baton.db"
-    postgres: PostgresServer = request.getfixturevalue("postgres")
-    return postgres.create_database()
-
-
 @pytest.mark.slow
 def test_a_login_in_flight_completes_when_the_server_is_stopped(
-    fresh_database_url: str, tmp_path: Path, slow_hash: str
+    empty_database_url: str, tmp_path: Path, slow_hash: str
 ) -> None:
-    with baton_serve(fresh_database_url, tmp_path, BATON_SHUTDOWN_GRACE="30s") as server:
-        database = Database(fresh_database_url)
+    with baton_serve(empty_database_url, tmp_path, BATON_SHUTDOWN_GRACE="30s") as server:
+        database = Database(empty_database_url)
         try:
             create_user_with_hash(database, "alice", slow_hash)
             outcome, signalled = log_in_while_stopping(server)
