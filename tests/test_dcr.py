@@ -33,7 +33,15 @@ from tests.test_cli import (
     table,
 )
 from tests.test_cli import baton as run_baton
-from tests.test_oauth import authorize, callback_of, exchange, sign_in, snapshot
+from tests.test_oauth import (
+    authorize,
+    callback_of,
+    exchange,
+    issue_code,
+    sign_in,
+    snapshot,
+    token_form,
+)
 from tests.test_token_lifecycle import baton, refresh
 
 LOOPBACK = "http://127.0.0.1:33418/callback"
@@ -262,19 +270,7 @@ def test_a_registered_client_introspects_only_its_own_tokens(
     resource_server = create_client(database, public=False)
     assert resource_server.secret is not None
     others = create_client(database)  # first-party, public: no consent step
-    assert sign_in(dcr) is None
-    challenge = pkce()
-    issued = authorize(dcr, authorize_params(others, challenge))
-    others_token = exchange(
-        dcr,
-        {
-            "grant_type": "authorization_code",
-            "code": query_of(issued.headers["location"])["code"],
-            "redirect_uri": others.redirect_uri,
-            "client_id": others.client_id,
-            "code_verifier": challenge.verifier,
-        },
-    ).json()["access_token"]
+    others_token = exchange(dcr, token_form(issue_code(dcr, others))).json()["access_token"]
     code, verifier = consent_then_code(dcr, registrant, "read")
     own_token = exchange(
         dcr,
