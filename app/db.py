@@ -279,14 +279,6 @@ class Database:
             else nullcontext()
         )
         self._reading = sessionmaker(_reading_engine(self.engine), expire_on_commit=False)
-        self._autocommit = (
-            None
-            if self.engine.dialect.name == "sqlite"
-            else sessionmaker(
-                self.engine.execution_options(isolation_level="AUTOCOMMIT"),
-                expire_on_commit=False,
-            )
-        )
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -304,24 +296,6 @@ class Database:
         finally:
             # Rolls back what is open (SQLite's deferred transaction) and hands
             # the connection back; a rollback() before it cost ~20 µs for nothing.
-            session.close()
-
-    @contextmanager
-    def committing_each(self) -> Iterator[Session]:
-        """Statements that each commit as they run, so that what one writes is
-        seen by every later statement of every process: on PostgreSQL in
-        autocommit (no BEGIN and no COMMIT round trips). SQLite has one
-        writer at a time: there the statements run as one unit of work under
-        the write lock, which orders them against every other writer alike.
-        Nothing here can be rolled back, and there are no savepoints."""
-        if self._autocommit is None:
-            with self.transaction() as session:
-                yield session
-            return
-        session = self._autocommit()
-        try:
-            yield session
-        finally:
             session.close()
 
     def dispose(self) -> None:

@@ -59,68 +59,50 @@ async def log_in(services: Services, attempt: Attempt) -> LoggedIn:
 
 
 async def _log_in(services: Services, attempt: Attempt) -> LoggedIn:
-    reservation, account = await to_thread.run_sync(_check_throttle_and_find, services, attempt)
-    try:
+    # The throttle is checked holding the hashing slot that the check guards,
+    # and a failure is written before the slot is given back: a burst of
+    # concurrent guesses cannot all pass the check before the first failure
+    # is counted (see app/throttle.py).
+    async with services.hashing.slot() as slot:
+        account = await to_thread.run_sync(_check_throttle_and_find, services, attempt)
         verification = await services.hashing.verify(
-            account.password_hash if account else None, attempt.password
+            account.password_hash if account else None, attempt.password, slot=slot
         )
-    except HashingOverloaded:
-        await to_thread.run_sync(_release, services, reservation)  # no password was checked
-        raise
-    if account is None or not verification.ok or account.disabled:
-        reason = (
-            "unknown_user"
-            if account is None
-            else "wrong_password"
-            if not verification.ok
-            else "disabled_user"
-        )
-        # The attempt's reservation stays: it is the failure the throttle counts.
-        await to_thread.run_sync(_record_failure, services, attempt, reason)
-        services.metrics.login("invalid_credentials")
-        raise problems.unauthorised()
-    try:
-        upgraded = (
-            await services.hashing.hash(attempt.password) if verification.needs_rehash else None
-        )
-        logged_in = await to_thread.run_sync(
-            _open_session, services, attempt, account, upgraded, reservation
-        )
-    except (HashingOverloaded, problems.Problem):
-        # The password was right (the flow was gone, or the rehash found no
-        # slot): not a failure, whatever the answer.
-        await to_thread.run_sync(_release, services, reservation)
-        raise
+        if account is None or not verification.ok or account.disabled:
+            reason = (
+                "unknown_user"
+                if account is None
+                else "wrong_password"
+                if not verification.ok
+                else "disabled_user"
+            )
+            await to_thread.run_sync(_record_failure, services, attempt, reason)
+            services.metrics.login("invalid_credentials")
+            raise problems.unauthorised()
+    upgraded = await services.hashing.hash(attempt.password) if verification.needs_rehash else None
+    logged_in = await to_thread.run_sync(_open_session, services, attempt, account, upgraded)
     services.metrics.login("success")
     return logged_in
 
 
-def _check_throttle_and_find(
-    services: Services, attempt: Attempt
-) -> tuple[throttle.Reservation, _Account | None]:
+def _check_throttle_and_find(services: Services, attempt: Attempt) -> _Account | None:
     now = services.clock()
-    # The reservation is committed before the others are counted: an attempt
-    # racing this one counts it, as this one counts those committed before.
-    with services.database.committing_each() as db:
-        reservation = throttle.reserve(db=db, username=attempt.username, ip=attempt.ip, now=now)
+    # Reads only: on SQLite it does not queue for the write lock.
+    with services.database.reading() as db:
         standing = throttle.standing(
             db=db,
             username=attempt.username,
             ip=attempt.ip,
             now=now,
             policy=services.settings.throttle,
-            reservation=reservation,
         )
         if not standing.wait:
             user = users.get_by_username(db=db, username=attempt.username)
             if user is None:
-                return reservation, None
-            account = _Account(user.id, user.password_hash, user.disabled, standing.user_failures)
-            return reservation, account
+                return None
+            return _Account(user.id, user.password_hash, user.disabled, standing.user_failures)
     seconds = max(1, math.ceil(standing.wait.total_seconds()))
     with services.database.transaction() as db:
-        # Refused before its password was checked: not a failure of its own.
-        throttle.release(db=db, reservation=reservation)
         audit.record(
             db=db,
             event="login.throttled",
@@ -134,14 +116,10 @@ def _check_throttle_and_find(
     raise problems.throttled(seconds)
 
 
-def _release(services: Services, reservation: throttle.Reservation) -> None:
-    with services.database.transaction() as db:
-        throttle.release(db=db, reservation=reservation)
-
-
 def _record_failure(services: Services, attempt: Attempt, reason: str) -> None:
     now = services.clock()
     with services.database.transaction() as db:
+        throttle.record_failure(db=db, username=attempt.username, ip=attempt.ip, now=now)
         audit.record(
             db=db,
             event="login.failed",
@@ -154,11 +132,7 @@ def _record_failure(services: Services, attempt: Attempt, reason: str) -> None:
 
 
 def _open_session(
-    services: Services,
-    attempt: Attempt,
-    account: _Account,
-    upgraded_hash: str | None,
-    reservation: throttle.Reservation,
+    services: Services, attempt: Attempt, account: _Account, upgraded_hash: str | None
 ) -> LoggedIn:
     now = services.clock()
     with services.database.transaction() as db:
@@ -202,7 +176,6 @@ def _open_session(
             users.upgrade_hash(
                 db=db, user_id=account.id, old_hash=account.password_hash, new_hash=upgraded_hash
             )
-        throttle.release(db=db, reservation=reservation)
         if account.failures:
             throttle.reset_user(db=db, username=attempt.username)
         audit.record(

@@ -335,16 +335,22 @@ class HashingPool:
                 executor.submit(os.getpid)  # all of them now, not at the first logins
         return executor
 
-    async def verify(self, stored: str | None, password: str) -> Verification:
-        """Verify against ``stored``, or against a dummy hash when it is ``None``."""
+    async def verify(
+        self, stored: str | None, password: str, *, slot: Slot | None = None
+    ) -> Verification:
+        """Verify against ``stored``, or against a dummy hash when it is
+        ``None``; in ``slot`` when the caller holds one (see :meth:`slot`)."""
         usable = stored is not None and is_supported_hash(stored)
         target = stored if stored is not None and usable else self._dummy_hash
-        async with self._slot():
+        if slot is None:
+            async with self.slot():
+                result = await self._run(verify_password, target, password, self.cost)
+        else:
             result = await self._run(verify_password, target, password, self.cost)
         return result if usable else Verification(ok=False)
 
     async def hash(self, password: str) -> str:
-        async with self._slot():
+        async with self.slot():
             return await self._run(hash_password, password, self.cost)
 
     async def _run(self, function: Callable[..., _R], *args: object) -> _R:
@@ -361,15 +367,19 @@ class HashingPool:
             broken.shutdown(wait=False, cancel_futures=True)
             return await loop.run_in_executor(self._executor, function, *args)
 
-    def _slot(self) -> _Slot:
-        return _Slot(self._slots, self._wait, self._observer)
+    def slot(self) -> Slot:
+        """One of the pool's slots, held across what must happen just before
+        a hash (a login's throttle check) and the hash itself; raises
+        :class:`HashingOverloaded` when none frees up in time."""
+        return Slot(self._slots, self._wait, self._observer)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
-class _Slot:
-    """A slot is held for exactly one hash, so holding it times the hash."""
+class Slot:
+    """A slot is held for one hash (and, at a login, the throttle check
+    before it), so holding it times the hash."""
 
     def __init__(
         self, semaphore: asyncio.Semaphore, wait: float, observer: HashingObserver
@@ -379,7 +389,7 @@ class _Slot:
         self._observer = observer
         self._acquired = 0.0
 
-    async def __aenter__(self) -> None:
+    async def __aenter__(self) -> Slot:
         started = time.perf_counter()
         self._observer.waiting(1)
         try:
@@ -390,6 +400,7 @@ class _Slot:
             self._observer.waiting(-1)
             self._acquired = time.perf_counter()
             self._observer.waited(self._acquired - started)
+        return self
 
     async def __aexit__(self, *exc: object) -> None:
         self._semaphore.release()

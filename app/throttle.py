@@ -7,13 +7,11 @@ is no hard lock: an attacker can hold a username back for at most the cap
 after their last failure, while a guessing rate of a few attempts per window
 stays out of reach (the trade-off Keycloak documents for lockout-DoS).
 
-An attempt counts as a failure from before its password is checked: it
-writes its rows and commits them (``reserve``), and only then counts the rows
-of the others (``standing``). Of attempts that race, the k-th to commit sees
-at least k - 1 others, so a burst sent at once gets no more password checks
-than the same attempts sent one by one. A success, or a refusal that is not a
-wrong password, takes its rows back (``release``); a wrong password leaves
-them, as its failure.
+An attempt is checked once it holds a hashing slot (``app/login.py``), and
+its failure is written before the slot is given back: between a check and
+the failure it leads to, at most one attempt per slot is in flight. A burst
+of concurrent guesses therefore gets at most the threshold plus the slots
+of every process, less one, password checks, however many it sends.
 """
 
 from __future__ import annotations
@@ -64,7 +62,7 @@ def ip_key(ip: str | None) -> str | None:
 
 
 # Built once: building a statement and its cache key costs more than running
-# it. Both keys of an attempt are counted in one statement, less its own rows.
+# it. Both keys of an attempt are counted in one statement.
 _TABLE = LoginFailure.metadata.tables[LoginFailure.__tablename__]
 _FAILURES = _TABLE.c
 _RECENT = (
@@ -72,40 +70,9 @@ _RECENT = (
     .where(
         _FAILURES.key.in_([bindparam("user"), bindparam("ip")]),
         _FAILURES.occurred_at > bindparam("since"),
-        _FAILURES.id.not_in([bindparam("own_user"), bindparam("own_ip")]),
     )
     .group_by(_FAILURES.key)
 )
-_RESERVE = insert(_TABLE).returning(_FAILURES.id)
-_RELEASE = delete(_TABLE).where(_FAILURES.id.in_([bindparam("own_user"), bindparam("own_ip")]))
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """An attempt's rows in ``login_failures``: one for its username, one for
-    its address (the same id twice when it has none)."""
-
-    user_row: int
-    ip_row: int
-
-    def params(self) -> dict[str, int]:
-        return {"own_user": self.user_row, "own_ip": self.ip_row}
-
-
-def reserve(*, db: Session, username: str, ip: str | None, now: datetime) -> Reservation:
-    """Count an attempt as a failure until it is released; commit before
-    :func:`standing` so that every attempt racing this one counts it."""
-    rows = [{"key": user_key(username), "occurred_at": now}]
-    address = ip_key(ip)
-    if address is not None:
-        rows.append({"key": address, "occurred_at": now})
-    ids = list(db.scalars(_RESERVE, rows))
-    return Reservation(user_row=ids[0], ip_row=ids[-1])
-
-
-def release(*, db: Session, reservation: Reservation) -> None:
-    """The attempt was not a wrong password: it no longer counts."""
-    db.execute(_RELEASE, reservation.params())
 
 
 def _wait(
@@ -135,20 +102,13 @@ def standing(
     ip: str | None,
     now: datetime,
     policy: Policy,
-    reservation: Reservation,
 ) -> Standing:
-    """The failures of others (``reservation`` is this attempt's own rows)."""
     user, address = user_key(username), ip_key(ip)
     recent: dict[str, tuple[int, datetime | None]] = {
         key: (count, latest)
         for key, count, latest in db.execute(
             _RECENT,
-            {
-                "user": user,
-                "ip": address or user,
-                "since": now - policy.window,
-                **reservation.params(),
-            },
+            {"user": user, "ip": address or user, "since": now - policy.window},
         )
     }
     none: tuple[int, datetime | None] = (0, None)
@@ -160,6 +120,15 @@ def standing(
     return Standing(wait=max(waits), user_failures=user_count)
 
 
+def record_failure(*, db: Session, username: str, ip: str | None, now: datetime) -> None:
+    rows = [{"key": user_key(username), "occurred_at": now}]
+    address = ip_key(ip)
+    if address is not None:
+        rows.append({"key": address, "occurred_at": now})
+    db.execute(_RECORD, rows)
+
+
+_RECORD = insert(_TABLE)
 _RESET = delete(LoginFailure).where(LoginFailure.key == bindparam("key"))
 
 

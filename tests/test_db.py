@@ -20,10 +20,10 @@ from sqlalchemy.exc import OperationalError
 from starlette.testclient import TestClient
 
 from app import db as db_module
-from app import migrate, throttle
+from app import migrate
 from app.db import Base, Database, PoolOptions, WriteWhileReading
 from app.main import create_app
-from app.models import LoginFailure, User
+from app.models import User
 from app.settings import Settings
 from tests.conftest import BASE_URL, POSTGRES_ADMIN_URL, PostgresServer
 from tests.factories import create_user
@@ -65,23 +65,6 @@ def test_a_reader_refuses_to_write(database: Database) -> None:
         db.execute(delete(User))
     with database.transaction() as db:
         assert db.scalars(select(User)).one().disabled is False
-
-
-def test_committing_each_makes_each_write_seen_at_once_or_orders_it_under_the_lock(
-    database: Database,
-) -> None:
-    """What the login throttle's reservation relies on: on PostgreSQL a write
-    is committed (seen by every other connection) as soon as it runs; on
-    SQLite the unit holds the write lock, so no other writer runs between its
-    statements, and what it wrote is seen once it ends."""
-    postgresql = database.engine.dialect.name == "postgresql"
-    with database.committing_each() as db:
-        throttle.reserve(db=db, username="alice", ip=None, now=db_module.utcnow())
-        with database.reading() as other:
-            seen = other.scalar(select(func.count()).select_from(LoginFailure))
-        assert seen == (1 if postgresql else 0)
-    with database.reading() as other:
-        assert other.scalar(select(func.count()).select_from(LoginFailure)) == 1
 
 
 @pytest.mark.parametrize("failing", [False, True], ids=["ends", "raises"])
