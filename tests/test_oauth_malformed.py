@@ -294,6 +294,7 @@ def test_malformed_basic_credentials_get_an_error(
     [
         pytest.param("Basic /w==", id="not UTF-8"),
         pytest.param("Basic 6Tp4", id="not UTF-8 before the colon"),
+        pytest.param("Basic \u00e9\u00e9\u00e9\u00e9".encode("latin-1"), id="not ASCII"),
         pytest.param("Basic ", id="nothing after the scheme"),
         pytest.param("basic \t", id="only whitespace after the scheme"),
     ],
@@ -303,7 +304,7 @@ def test_unreadable_basic_credentials_get_invalid_client(
     client: TestClient,
     database: Database,
     token_form: dict[str, str],
-    authorization: str,
+    authorization: str | bytes,
     path: str,
 ) -> None:
     """RFC 7617 §2: base64 of UTF-8 ``id:secret``; what is not is refused as

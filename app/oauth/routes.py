@@ -162,7 +162,7 @@ def _unreadable_basic(authorization: str | None) -> bool:
         base64.b64decode(credentials[0]).decode("utf-8")
     except binascii.Error:
         return False  # authlib ignores what is not base64: then no credentials
-    except UnicodeDecodeError:
+    except ValueError:  # not UTF-8, or not ASCII at all ("Basic éééé")
         return True
     return False
 
