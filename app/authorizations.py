@@ -121,11 +121,17 @@ def extend(
         db.add(grant)
         db.flush()
         return grant
+    declined = live.refresh_declined if refresh_declined is None else refresh_declined
+    merged = _scopes(live.scope + " " + scope)
+    if declined:
+        # Left out now, approved before: no longer covered, so that a request
+        # for it asks the user again instead of going without refresh tokens.
+        merged = [name for name in merged if name != OFFLINE_ACCESS]
     values = {
-        "scope": " ".join(_scopes(live.scope + " " + scope)),
+        "scope": " ".join(merged),
         "updated_at": now,
         "expires_at": now + lifetime,
-        "refresh_declined": live.refresh_declined if refresh_declined is None else refresh_declined,
+        "refresh_declined": declined,
     }
     db.execute(_EXTEND, {"grant_id": live.id, **{f"new_{k}": v for k, v in values.items()}})
     # The grant read by find() says what the row now says, with nothing left

@@ -225,6 +225,15 @@ def test_offline_access_left_out_means_no_refresh_token_until_approved(
     [grant] = grants_of(database)
     assert not grant.refresh_declined
 
+    # Asked again (prompt=consent) and left out this time: the grant no longer
+    # covers offline_access, so asking for it brings the question back.
+    _, response = start(client, app, scope="read offline_access", prompt="consent")
+    decide(client, consent_token(response), True, scopes=["read"])
+    [grant] = grants_of(database)
+    assert (grant.scope, grant.refresh_declined) == ("read", True)
+    _, response = start(client, app, scope="read offline_access")
+    assert consent_token(response)
+
 
 def test_a_client_that_never_asks_for_offline_access_gets_refresh_tokens(
     client: TestClient, alice: None, third_party: ClientInfo
