@@ -279,12 +279,10 @@ class ApiCorsMiddleware(CORSMiddleware):
             return
         response = self.preflight_response(request_headers=headers)
         if response.status_code == 400:
-            # "Disallowed CORS origin, method, headers, private-network"
-            failures = bytes(response.body).decode().removeprefix("Disallowed CORS ")
-            if "origin" in failures.split(", "):
+            if not self.is_allowed_origin(origin=headers["origin"]):
                 title = "This origin may not call Baton."
             else:
-                title = f"This cross-origin request is not allowed ({failures})."
+                title = "This cross-origin request's method or headers are not allowed."
             kept = {
                 name: value
                 for name, value in response.headers.items()

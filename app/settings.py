@@ -20,7 +20,7 @@ from app.throttle import Policy
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/baton.db"
 
-_DURATION = re.compile(r"(?P<value>\d+)(?P<unit>ms|s|m|h|d)")
+_DURATION = re.compile(r"(?P<value>[0-9]+)(?P<unit>ms|s|m|h|d)")  # not \d: "1٣s" is no duration
 _MILLISECONDS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 # Longer than anything Baton should wait or keep: past it, a time that far from
 # now may be no date at all (a 9999999d session would end after year 9999).

@@ -108,6 +108,13 @@ def test_durations_go_up_to_100_years() -> None:
     assert parse_duration("36499d23h59m59s999ms") == timedelta(days=36500, milliseconds=-1)
 
 
+@pytest.mark.parametrize("text", ["1\u0663s", "\uff11\uff10m", "\u0967h"])
+def test_durations_are_ascii_digits(text: str) -> None:
+    """``\\d`` would read Arabic-Indic or full-width digits as a number."""
+    with pytest.raises(ValueError, match="expected a duration such as"):
+        parse_duration(text)
+
+
 @pytest.mark.parametrize(
     "text",
     ["36501d", "36500d1ms", "99999999999d", "9999999999999999999s", "9" * 5000 + "ms"],
