@@ -303,11 +303,13 @@ def test_authlib_client_completes_the_whole_flow(
     app = register(server, metadata, how=how, public=public, name=name)
     oauth = closing.enter_context(session_for(app, metadata))
     # RFC 7662 §2.1: the protected resource introspects, authenticated. A public
-    # client's tokens are introspected by its resource server, a confidential client.
+    # client's tokens are introspected by its resource server, a confidential
+    # client the operator registered (one that registered itself may introspect
+    # only its own tokens).
     resource_server = app
     if public:
         resource_server = register(
-            server, metadata, how=how, public=False, name=name + " resource server"
+            server, metadata, how="cli", public=False, name=name + " resource server"
         )
     rs = closing.enter_context(session_for(resource_server, metadata))
     browser = closing.enter_context(Browser(server))

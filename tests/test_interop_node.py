@@ -165,7 +165,16 @@ def assert_the_whole_flow(report: dict[str, Any], server: Server, kind: str) -> 
 def test_openid_client_registers_itself_and_completes_the_whole_flow(
     node: str, server: Server, kind: str
 ) -> None:
-    report = run_flow(node, server, kind)
+    env = {}
+    if kind == "public":
+        # Its tokens are introspected by the operator's resource server: a client
+        # that registered itself may introspect only its own tokens.
+        resource_server = add_client(
+            server, "openid-client interop (resource server)", public=False
+        )
+        env["BATON_INTEROP_RS_CLIENT_ID"] = resource_server["client_id"]
+        env["BATON_INTEROP_RS_CLIENT_SECRET"] = resource_server["client_secret"]
+    report = run_flow(node, server, kind, **env)
     registration = next(s for s in report["steps"] if s["name"] == "registration")
     if registration["ok"] and not report["ok"]:
         listed = json.loads(server.baton("clients", "list", "--json").stdout)
