@@ -340,17 +340,18 @@ class HashingPool:
     ) -> Verification:
         """Verify against ``stored``, or against a dummy hash when it is
         ``None``; in ``slot`` when the caller holds one (see :meth:`slot`)."""
+        if slot is None:
+            async with self.slot() as own:
+                return await self.verify(stored, password, slot=own)
         usable = stored is not None and is_supported_hash(stored)
         target = stored if stored is not None and usable else self._dummy_hash
-        if slot is None:
-            async with self.slot():
-                result = await self._run(verify_password, target, password, self.cost)
-        else:
-            result = await self._run(verify_password, target, password, self.cost)
+        slot.hashed = True
+        result = await self._run(verify_password, target, password, self.cost)
         return result if usable else Verification(ok=False)
 
     async def hash(self, password: str) -> str:
-        async with self.slot():
+        async with self.slot() as own:
+            own.hashed = True
             return await self._run(hash_password, password, self.cost)
 
     async def _run(self, function: Callable[..., _R], *args: object) -> _R:
@@ -388,6 +389,7 @@ class Slot:
         self._wait = wait
         self._observer = observer
         self._acquired = 0.0
+        self.hashed = False  # a slot a login gave back throttled timed no hash
 
     async def __aenter__(self) -> Slot:
         started = time.perf_counter()
@@ -404,4 +406,5 @@ class Slot:
 
     async def __aexit__(self, *exc: object) -> None:
         self._semaphore.release()
-        self._observer.hashed(time.perf_counter() - self._acquired)
+        if self.hashed:
+            self._observer.hashed(time.perf_counter() - self._acquired)
