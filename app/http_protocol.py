@@ -60,6 +60,7 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = False
         self._timer: asyncio.TimerHandle | None = None  # the head's or the body's deadline
         self._body_seen = 0.0  # loop time of the last body bytes
+        self._server_waited = False  # the body's deadline last found the server waiting
 
     # -- as it arrives -------------------------------------------------------------
 
@@ -111,6 +112,7 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
         self._events += 1
         # Until the message completes (at once, when it has no body).
         self._body_seen = self.loop.time()
+        self._server_waited = False
         self._arm(self.body_idle_timeout, self._body_timed_out)
         super().on_headers_complete()
 
@@ -169,11 +171,14 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if self.transport.is_closing() or cycle is None:
             return
-        quiet = self.loop.time() - self._body_seen
-        if self.flow.read_paused or cycle.waiting_for_100_continue:
-            # The client waits for us: the app has not read what it has, or
-            # has not asked for the body yet.
-            self._body_seen = self.loop.time()
+        now = self.loop.time()
+        quiet = now - self._body_seen
+        if self.flow.read_paused or cycle.waiting_for_100_continue or self._server_waited:
+            # The client waits for us (the app has not read what it has, or
+            # has not asked for the body yet), or did until moments ago: its
+            # silence counts from the end of our wait, a whole period at least.
+            self._server_waited = self.flow.read_paused or cycle.waiting_for_100_continue
+            self._body_seen = now
             self._arm(self.body_idle_timeout, self._body_timed_out)
         elif quiet < self.body_idle_timeout:
             self._arm(self.body_idle_timeout - quiet, self._body_timed_out)
